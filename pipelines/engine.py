@@ -1,0 +1,275 @@
+"""The engine: one object behind the web page, the REST API and scripts.
+
+``Engine.generate`` reads straight through: validate -> pick the model view -> denoise (diffusers
+encodes the prompt, denoises and decodes) -> post-process -> result. One generation runs on the
+device at a time; a job's owner can watch its progress and stop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from . import catalog, images, infotext, preview, samplers
+from .errors import Interrupted, OutOfMemory
+from .manager import LoadedModel, PipelineManager
+from .requests import Img2Img, Inpaint, Limits, Request
+from .settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    job_id: str
+    step: int  # steps done over the whole job (all batches)
+    total: int
+    eta_seconds: float
+    preview: Image.Image | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class Job:
+    """One caller's generation: its progress, and the switch that stops it."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: str = "queued"  # queued, running, done, interrupted, failed
+    step: int = 0
+    total: int = 0
+    started: float = 0.0
+    preview: Image.Image | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def interrupt(self) -> None:
+        self._stop.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._stop.is_set()
+
+
+@dataclass
+class Result:
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    request: Request
+    model: str
+    model_hash: str
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings()
+        self.manager = PipelineManager(self.settings)
+        self.limits = Limits(max_pixels=self._pixel_budget())
+        self.current_job: Job | None = None
+        self._device_lock = threading.Lock()  # one generation on the device at a time
+        if warning := self.settings.offload_warning():
+            log.warning(warning)
+
+    # -- what is available -----------------------------------------------------------------
+    def list_models(self) -> list[catalog.ModelEntry]:
+        builtin = catalog.ModelEntry(catalog.BUILTIN_DEMO, "builtin", catalog.BUILTIN_DEMO)
+        return [builtin, *catalog.list_local(self.settings.models_dir), *catalog.CURATED_HUB]
+
+    @property
+    def default_model(self) -> str:
+        if self.settings.default_model:
+            return self.settings.default_model
+        local = [entry for entry in catalog.list_local(self.settings.models_dir) if not entry.refused]
+        return local[0].name if local else catalog.BUILTIN_DEMO
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device": str(self.manager.device),
+            "dtype": str(self.manager.dtype).removeprefix("torch."),
+            "attention": self.settings.attention,
+            "offload": self.settings.offload,
+            "default_model": self.default_model,
+            "loaded": [m.name for m in self.manager.loaded()],
+            "busy": self._device_lock.locked(),
+            "stats": {name: vars(stats) for name, stats in self.manager.stats.items()},
+        }
+
+    def load(self, name: str = "", progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
+        """Load a model ahead of use (e.g. when the user picks it), without running anything."""
+        return self.manager.get(name or self.default_model, progress)
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(
+        self,
+        request: Request,
+        job: Job | None = None,
+        on_progress: ProgressCallback | None = None,
+        preview_every: int = 0,
+    ) -> Result:
+        request, notes = request.checked(self.limits)
+        job = job or Job()
+        queued = time.perf_counter()
+        with self._device_lock:
+            self.current_job = job
+            try:
+                return self._run(request, notes, job, on_progress, preview_every, queued)
+            except Interrupted:
+                job.state = "interrupted"
+                raise
+            except torch.OutOfMemoryError as exc:
+                job.state = "failed"
+                self.manager.unload()  # the failed run's activations are gone; also drop cached models
+                raise OutOfMemory(
+                    f"the device ran out of memory at {request.width}x{request.height}, batch "
+                    f"{request.batch_size}: use a smaller size or batch, or start with --medvram"
+                ) from exc
+            except Exception:
+                job.state = "failed"
+                raise
+            finally:
+                self.current_job = None
+
+    def _run(
+        self,
+        request: Request,
+        notes: list[str],
+        job: Job,
+        on_progress: ProgressCallback | None,
+        preview_every: int,
+        queued: float,
+    ) -> Result:
+        started = time.perf_counter()
+        model = self.manager.get(request.model or self.default_model)
+        loaded = time.perf_counter()
+        request = self._sized(request, model)
+        first_seed = request.seed if request.seed != -1 else random.randint(0, 2**32 - 1)
+        seeds = [(first_seed + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
+        job.state, job.started, job.step = "running", time.perf_counter(), 0
+        job.total = max(1, _steps_per_batch(request)) * request.batch_count
+        self._set_vae_tiling(model, request)
+        outputs: list[Image.Image] = []
+        for batch in range(request.batch_count):
+            batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
+            outputs += self._denoise(model, request, batch_seeds, job, on_progress, preview_every)
+        texts = [
+            infotext.infotext(request, s, request.width, request.height, model.name, model.model_hash) for s in seeds
+        ]
+        job.state = "done"
+        finished = time.perf_counter()
+        timings = {"queue_s": started - queued, "load_s": loaded - started, "generate_s": finished - loaded}
+        return Result(outputs, seeds, texts, request, model.name, model.model_hash, timings, notes)
+
+    def _denoise(
+        self,
+        model: LoadedModel,
+        request: Request,
+        seeds: list[int],
+        job: Job,
+        on_progress: ProgressCallback | None,
+        preview_every: int,
+    ) -> list[Image.Image]:
+        """One batch: a fresh scheduler, the mode's view, the diffusers call, then compositing."""
+        scheduler = samplers.build_scheduler(model.pipe.scheduler.config, request.sampler_name, request.schedule_type)
+        pipe = self.manager.view(model, request.mode, scheduler)
+        done_before = job.step
+
+        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if job.interrupted:
+                pipeline._interrupt = True  # diffusers' documented way to leave the denoising loop
+            job.step = done_before + step + 1
+            elapsed = time.perf_counter() - job.started
+            eta = elapsed / job.step * (job.total - job.step) if job.step else 0.0
+            if preview_every and job.step % preview_every == 0:
+                job.preview = preview.latents_to_image(
+                    tensors["latents"], model.family, (request.width, request.height)
+                )
+            if on_progress:
+                on_progress(Progress(job.id, job.step, job.total, eta, job.preview))
+            return tensors
+
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt or None,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.cfg_scale,
+            "num_images_per_prompt": len(seeds),
+            "generator": generators,
+            "clip_skip": request.clip_skip - 1 or None,  # A1111's "Clip skip: 2" is diffusers' 1
+            "callback_on_step_end": on_step_end,
+            "callback_on_step_end_tensor_inputs": ["latents"],
+            "height": request.height,
+            "width": request.width,
+        }
+        original = mask = None
+        if isinstance(request, Img2Img):
+            original = images.fit(request.init_image, request.width, request.height, request.resize_mode)
+            kwargs.update(image=original, strength=request.denoising_strength)
+        if isinstance(request, Inpaint):
+            mask = images.prepare_mask(request.mask, request.width, request.height, request.invert_mask)
+            soft_mask = images.blur_mask(mask, request.mask_blur)
+            start = images.fill_masked(original, mask, request.masked_content, seeds[0])
+            kwargs.update(image=start, mask_image=soft_mask)
+            if request.only_masked:
+                kwargs["padding_mask_crop"] = request.only_masked_padding
+        # With too little strength for even one step, the artist asked for the picture unchanged.
+        unchanged = _steps_per_batch(request) < 1
+        result = [kwargs["image"].copy() for _ in seeds] if unchanged else pipe(**kwargs).images
+        if job.interrupted:
+            # diffusers still decodes a half-done image after an interrupt; nobody should get it.
+            raise Interrupted(f"job {job.id} was stopped at step {job.step} of {job.total}")
+        if isinstance(request, Inpaint):
+            result = [images.composite(original, image, soft_mask) for image in result]
+        return result
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """Stop the running job (only if it is ``job_id``, when given). True if one was stopped."""
+        job = self.current_job
+        if job is None or (job_id is not None and job.id != job_id):
+            return False
+        job.interrupt()
+        return True
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _sized(self, request: Request, model: LoadedModel) -> Request:
+        """Fill in a size of 0: the init image's size for img2img/inpaint, else the model's native one."""
+        if request.width and request.height:
+            return request
+        width = height = model.native_size
+        if isinstance(request, Img2Img) and request.init_image is not None:
+            width, height = (max(64, side // 8 * 8) for side in request.init_image.size)
+        sized = request.replace(width=request.width or width, height=request.height or height)
+        sized, _ = sized.checked(self.limits)
+        return sized
+
+    def _set_vae_tiling(self, model: LoadedModel, request: Request) -> None:
+        vae = model.pipe.vae
+        if request.width * request.height > self.settings.vae_tiling_pixels:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+
+    def _pixel_budget(self) -> int:
+        """Largest image area allowed, from the device's memory (SD needs ~1 GB per megapixel at fp16)."""
+        if self.manager.device.type == "cuda":
+            gigabytes = torch.cuda.get_device_properties(self.manager.device).total_memory / 1024**3
+            return int(max(1.0, gigabytes / 2) * 1024 * 1024)
+        return 2048 * 2048
+
+
+def _steps_per_batch(request: Request) -> int:
+    if isinstance(request, Img2Img):
+        return int(request.steps * request.denoising_strength)
+    return request.steps

@@ -1,0 +1,242 @@
+"""Building diffusers pipelines from every kind of model source Atelier accepts.
+
+All loaders return a text-to-image (or, for inpainting checkpoints, an inpainting) pipeline on
+the CPU in the requested dtype; the manager moves it to the device. Nothing here touches the
+network except ``load_hub``, and that one fails fast when the hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import Family, detect_family, read_header, refuse_pickle
+from .errors import ModelRefused, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+_CLIP_VOCAB = Path(__file__).parent / "assets" / "clip_bpe_simple_vocab_16e6.txt.gz"
+DEMO_SEED = 20241125
+# (done_bytes, total_bytes, what) while a model downloads.
+DownloadProgress = Callable[[int, int, str], None]
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
+    """CLIP's BPE tokenizer built from the vocabulary the project ships (no hub download).
+
+    SD 1.x and SDXL pad with ``<|endoftext|>``; SD 2.x (OpenCLIP) pads with ``!``.
+    """
+    from transformers import CLIPTokenizer
+
+    lines = gzip.decompress(_CLIP_VOCAB.read_bytes()).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_chars = _bytes_to_unicode()
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """CLIP's reversible byte -> printable character table, in CLIP's order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def build_demo(dtype: torch.dtype = torch.float32) -> Any:
+    """The built-in demo model: SD 1.x-shaped, tiny, random weights fixed by a seed.
+
+    It draws noise-like pictures, but runs every code path of a real model in well under a second
+    on a CPU, with no download. Its architecture is the shipped ``configs/demo`` folder, so a
+    single-file export of it loads back through the ordinary checkpoint path.
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = CONFIGS_DIR / "demo"
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(DEMO_SEED)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(folder, subfolder="scheduler"))
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def load_folder(path: Path, dtype: torch.dtype) -> Any:
+    """A diffusers-format folder (``model_index.json`` at its top), safetensors weights only."""
+    from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
+
+    if not (path / "model_index.json").is_file():
+        raise ModelUnavailable(path.name, f"{path} has no model_index.json, so it is not a diffusers model folder")
+    pickles = [p.name for p in path.glob("*/*") if p.suffix in (".bin", ".ckpt", ".pt", ".pth")]
+    if pickles and not list(path.glob("unet/*.safetensors")):
+        raise ModelRefused(path.name, f"this folder only has pickle weights ({', '.join(pickles)}); use safetensors")
+    index = json.loads((path / "model_index.json").read_text())
+    auto = AutoPipelineForInpainting if "Inpaint" in index.get("_class_name", "") else AutoPipelineForText2Image
+    kwargs = {"safety_checker": None} if "safety_checker" in index else {}
+    try:
+        return auto.from_pretrained(path, dtype=dtype, use_safetensors=True, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelUnavailable(path.name, f"loading the folder failed: {exc}") from exc
+
+
+def load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, Family]:
+    """An A1111-style single ``.safetensors`` checkpoint, with the config shipped for its family."""
+    import diffusers
+
+    refuse_pickle(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelRefused(path.name, "only .safetensors checkpoints can be loaded")
+    family = detect_family(read_header(path), path.name)
+    classes = {
+        (False, False): "StableDiffusionPipeline",
+        (False, True): "StableDiffusionInpaintPipeline",
+        (True, False): "StableDiffusionXLPipeline",
+        (True, True): "StableDiffusionXLInpaintPipeline",
+    }
+    pipeline_class = getattr(diffusers, classes[(family.name == "sdxl", family.inpainting)])
+    tokenizers = {"tokenizer": clip_tokenizer("!" if family.name == "sd2" else "<|endoftext|>")}
+    if family.name == "sdxl":
+        tokenizers["tokenizer_2"] = clip_tokenizer("!")
+    with tempfile.TemporaryDirectory(prefix="atelier-config-") as config:
+        _write_family_config(family, pipeline_class.__name__, Path(config))
+        try:
+            pipe = pipeline_class.from_single_file(
+                str(path),
+                config=config,
+                local_files_only=True,
+                dtype=dtype,
+                safety_checker=None,
+                disable_mmap=True,  # weights in RAM: no open file handle, aligned tensors
+                **tokenizers,
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelUnavailable(path.name, f"the {family.label} checkpoint could not be read: {exc}") from exc
+    return pipe, family
+
+
+def _write_family_config(family: Family, class_name: str, target: Path) -> None:
+    """Copy the shipped config folder; inpainting variants differ only in the UNet's input channels."""
+    shutil.copytree(CONFIGS_DIR / family.name, target, dirs_exist_ok=True)
+    _patch_json(target / "model_index.json", _class_name=class_name)
+    if family.inpainting:
+        _patch_json(target / "unet" / "config.json", in_channels=9)
+        if family.name == "sd2":  # SD 2 inpainting predicts noise, unlike the 768-v base config
+            _patch_json(target / "scheduler" / "scheduler_config.json", prediction_type="epsilon")
+
+
+def _patch_json(path: Path, **changes: Any) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def load_hub(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None = None) -> Any:
+    """A diffusers-format repo from the Hugging Face hub, through the standard HF cache.
+
+    A complete cached copy loads offline. Otherwise the files are downloaded (only the weights this
+    dtype needs) with progress reported; an unreachable hub or ``HF_HUB_OFFLINE`` raises
+    ``ModelUnavailable`` at once instead of hanging.
+    """
+    from diffusers import AutoPipelineForText2Image
+
+    folder = _hub_snapshot(repo_id, dtype, progress)
+    variant = "fp16" if dtype == torch.float16 and list(Path(folder).glob("unet/*.fp16.safetensors")) else None
+    try:
+        return AutoPipelineForText2Image.from_pretrained(
+            folder, dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True, safety_checker=None
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(repo_id, f"the downloaded files could not be loaded: {exc}") from exc
+
+
+def _hub_snapshot(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = _hub_patterns(dtype)
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+    except LocalEntryNotFoundError:
+        pass
+    hint = "put a .safetensors checkpoint or a diffusers folder in the models folder, or connect to the internet"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelUnavailable(repo_id, f"it is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {hint}")
+    try:
+        files = _hub_files(repo_id, patterns)
+        total = sum(size for _, size in files)
+        done = 0
+        for name, size in files:
+            if progress:
+                progress(done, total, name)
+            _download_file(repo_id, name)
+            done += size
+        if progress:
+            progress(total, total, "done")
+        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+    except Exception as exc:  # the hub client raises many network error types; all mean "not reachable"
+        if isinstance(exc, ModelUnavailable):
+            raise
+        raise ModelUnavailable(repo_id, f"downloading from the Hugging Face hub failed ({exc}); {hint}") from exc
+
+
+def _hub_patterns(dtype: torch.dtype) -> list[str]:
+    weights = "*.fp16.safetensors" if dtype == torch.float16 else "*.safetensors"
+    return ["model_index.json", "*/*.json", "*/*.txt", f"*/{weights}"]
+
+
+def _hub_files(repo_id: str, patterns: list[str]) -> list[tuple[str, int]]:
+    """The files to fetch, with sizes; falls back to full-precision weights when a repo has no fp16 ones."""
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, files_metadata=True, timeout=10)
+    siblings = [(s.rfilename, s.size or 0) for s in info.siblings or []]
+    skip = ("safety_checker/", "feature_extractor/")
+
+    def wanted(name: str, pats: list[str]) -> bool:
+        return any(fnmatch(name, p) for p in pats) and not name.startswith(skip)
+
+    files = [(n, s) for n, s in siblings if wanted(n, patterns)]
+    if not any(n.endswith(".safetensors") for n, _ in files):
+        full = [p.replace("*.fp16.safetensors", "*.safetensors") for p in patterns]
+        files = [(n, s) for n, s in siblings if wanted(n, full) and ".fp16." not in n and "non_ema" not in n]
+    if not any(n.endswith(".safetensors") for n, _ in files):
+        raise ModelRefused(repo_id, "this repo has no diffusers-format safetensors weights")
+    return files
+
+
+def _download_file(repo_id: str, filename: str) -> None:
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download(repo_id, filename, etag_timeout=10)

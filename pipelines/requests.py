@@ -1,0 +1,192 @@
+"""Typed requests, one per mode, shared by the web page, the REST API, scripts and tests.
+
+Validation happens here, before any model is touched, and reports every problem at once with the
+offending values (the way diffusers' ``check_inputs`` does). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from . import samplers
+from .errors import BadRequest
+
+MAX_SEED = 2**32 - 1
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Ranges a request must fit. The engine sets ``max_pixels`` from the device's memory."""
+
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 100
+    min_side: int = 64
+    max_side: int = 4096
+    max_pixels: int = 2048 * 2048
+    max_prompt_chars: int = 20_000
+
+
+@dataclass
+class Txt2Img:
+    """Text to image. ``width``/``height`` of 0 mean "the model's native size"."""
+
+    mode: ClassVar[str] = "txt2img"
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""
+    sampler_name: str = samplers.DEFAULT_SAMPLER
+    schedule_type: str = samplers.DEFAULT_SCHEDULE
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 0
+    height: int = 0
+    seed: int = -1
+    batch_size: int = 1
+    batch_count: int = 1
+    clip_skip: int = 1
+
+    def fields(self) -> dict[str, Any]:
+        """Every field except images, as plain values (for infotext, JSON and presets)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if not isinstance(getattr(self, f.name), Image.Image)
+        }
+
+    def replace(self, **changes: Any) -> Txt2Img:
+        return dataclasses.replace(self, **changes)
+
+    def checked(self, limits: Limits = Limits()) -> tuple[Txt2Img, list[str]]:
+        """Return a normalised copy and notes about what was adjusted, or raise ``BadRequest``.
+
+        Sizes that are not a multiple of 8 are rounded (and a note says so); everything else that
+        is wrong is an error, all of them listed together.
+        """
+        problems: list[str] = []
+        notes: list[str] = []
+        changes: dict[str, Any] = {}
+        _check_text(self, limits, problems)
+        _check_numbers(self, limits, problems)
+        try:
+            samplers.resolve(self.sampler_name, self.schedule_type)
+        except KeyError as exc:
+            problems.append(exc.args[0])
+        for side in ("width", "height"):
+            value = getattr(self, side)
+            if not _is_int(value) or value == 0:
+                continue
+            if not limits.min_side <= value <= limits.max_side:
+                problems.append(f"{side} must be between {limits.min_side} and {limits.max_side}, got {value}")
+            elif value % 8:
+                rounded = max(limits.min_side, round(value / 8) * 8)
+                notes.append(f"{side} {value} is not a multiple of 8: using {rounded}")
+                changes[side] = rounded
+        width, height = changes.get("width", self.width), changes.get("height", self.height)
+        if _is_int(width) and _is_int(height) and width * height > limits.max_pixels:
+            problems.append(
+                f"size {width}x{height} is {width * height} pixels, more than this device allows "
+                f"({limits.max_pixels}); use a smaller size or --medvram"
+            )
+        self._check_mode(limits, problems)
+        if problems:
+            raise BadRequest(problems)
+        return (self.replace(**changes) if changes else self), notes
+
+    def _check_mode(self, limits: Limits, problems: list[str]) -> None:
+        """Checks of one mode's own fields; subclasses extend."""
+
+
+@dataclass
+class Img2Img(Txt2Img):
+    """Image to image: ``init_image`` is redrawn, ``denoising_strength`` says how much."""
+
+    mode: ClassVar[str] = "img2img"
+
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    resize_mode: str = "just resize"
+
+    def _check_mode(self, limits: Limits, problems: list[str]) -> None:
+        if not isinstance(self.init_image, Image.Image):
+            problems.append(f"{self.mode} needs an init image, got {type(self.init_image).__name__}")
+        if not _is_number(self.denoising_strength) or not 0.0 <= self.denoising_strength <= 1.0:
+            problems.append(f"denoising_strength must be between 0 and 1, got {self.denoising_strength!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            problems.append(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
+
+
+@dataclass
+class Inpaint(Img2Img):
+    """Inpainting: white in ``mask`` is redrawn, black is kept, as in A1111."""
+
+    mode: ClassVar[str] = "inpaint"
+
+    mask: Image.Image | None = None
+    mask_blur: int = 4
+    invert_mask: bool = False
+    only_masked: bool = False
+    only_masked_padding: int = 32
+    masked_content: str = "original"
+    # A1111's default for inpainting: redraw fully unless the artist asks for less.
+    denoising_strength: float = field(default=0.75)
+
+    def _check_mode(self, limits: Limits, problems: list[str]) -> None:
+        super()._check_mode(limits, problems)
+        if not isinstance(self.mask, Image.Image):
+            problems.append(f"inpaint needs a mask image, got {type(self.mask).__name__}")
+        if not _is_int(self.mask_blur) or not 0 <= self.mask_blur <= 64:
+            problems.append(f"mask_blur must be between 0 and 64, got {self.mask_blur!r}")
+        if not _is_int(self.only_masked_padding) or not 0 <= self.only_masked_padding <= 256:
+            problems.append(f"only_masked_padding must be between 0 and 256, got {self.only_masked_padding!r}")
+        if self.masked_content not in MASKED_CONTENT:
+            problems.append(f"masked_content must be one of {', '.join(MASKED_CONTENT)}, got {self.masked_content!r}")
+
+
+Request = Txt2Img  # every mode's request is a Txt2Img (Img2Img and Inpaint extend it)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _check_text(request: Txt2Img, limits: Limits, problems: list[str]) -> None:
+    for name in ("prompt", "negative_prompt", "model"):
+        value = getattr(request, name)
+        if not isinstance(value, str):
+            problems.append(f"{name} must be text, got {type(value).__name__}")
+        elif len(value) > limits.max_prompt_chars:
+            problems.append(f"{name} is {len(value)} characters long; the limit is {limits.max_prompt_chars}")
+
+
+def _check_numbers(request: Txt2Img, limits: Limits, problems: list[str]) -> None:
+    ranges: dict[str, tuple[float, float]] = {
+        "steps": (1, limits.max_steps),
+        "batch_size": (1, limits.max_batch_size),
+        "batch_count": (1, limits.max_batch_count),
+        "clip_skip": (1, 12),
+        "seed": (-1, MAX_SEED),
+    }
+    for name, (low, high) in ranges.items():
+        value = getattr(request, name)
+        if not _is_int(value):
+            problems.append(f"{name} must be a whole number, got {value!r}")
+        elif not low <= value <= high:
+            problems.append(f"{name} must be between {low} and {high}, got {value}")
+    if not _is_number(request.cfg_scale) or not 0.0 <= request.cfg_scale <= 30.0:
+        problems.append(f"cfg_scale must be between 0 and 30, got {request.cfg_scale!r}")
+    for side in ("width", "height"):
+        if not _is_int(getattr(request, side)):
+            problems.append(f"{side} must be a whole number of pixels, got {getattr(request, side)!r}")

@@ -1,0 +1,38 @@
+"""Shared fixtures: one engine on the built-in demo model, reused across tests for speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pipelines.engine import Engine
+from pipelines.settings import EngineSettings
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def engine(models_dir: Path) -> Engine:
+    engine = Engine(EngineSettings(models_dir=models_dir, default_model="builtin:demo"))
+    engine.load()
+    return engine
+
+
+@pytest.fixture
+def square_scene() -> tuple[Image.Image, Image.Image]:
+    """A red picture with a blue square, and a mask covering the square's centre (white = redraw)."""
+    picture = Image.new("RGB", (128, 128), (200, 30, 30))
+    ImageDraw.Draw(picture).rectangle([32, 32, 96, 96], fill=(20, 40, 220))
+    mask = Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(mask).rectangle([48, 48, 80, 80], fill=255)
+    return picture, mask
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
