@@ -28,6 +28,7 @@ class ModelEntry:
     location: str  # a path, or the hub repo id
     size_bytes: int | None = None
     refused: str = ""  # why this entry cannot be loaded; empty when it can
+    native_size: int = 0  # known before download for curated hub models; 0 = read it from the config
 
     @property
     def title(self) -> str:
@@ -39,19 +40,15 @@ class ModelEntry:
 
 
 # Hub models offered in the picker before anything is downloaded, with their fp16 download size.
-CURATED_HUB: tuple[ModelEntry, ...] = (
-    ModelEntry(
-        "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        "hub",
-        "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        2_130_000_000,
-    ),
-    ModelEntry("stabilityai/stable-diffusion-2-1", "hub", "stabilityai/stable-diffusion-2-1", 2_580_000_000),
-    ModelEntry("stabilityai/sd-turbo", "hub", "stabilityai/sd-turbo", 2_580_000_000),
-    ModelEntry(
-        "stabilityai/stable-diffusion-xl-base-1.0", "hub", "stabilityai/stable-diffusion-xl-base-1.0", 6_940_000_000
-    ),
-    ModelEntry("stabilityai/sdxl-turbo", "hub", "stabilityai/sdxl-turbo", 6_940_000_000),
+CURATED_HUB: tuple[ModelEntry, ...] = tuple(
+    ModelEntry(repo, "hub", repo, size, native_size=native)
+    for repo, size, native in (
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5", 2_130_000_000, 512),
+        ("stabilityai/stable-diffusion-2-1", 2_580_000_000, 768),
+        ("stabilityai/sd-turbo", 2_580_000_000, 512),
+        ("stabilityai/stable-diffusion-xl-base-1.0", 6_940_000_000, 1024),
+        ("stabilityai/sdxl-turbo", 6_940_000_000, 512),
+    )
 )
 
 

@@ -14,14 +14,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from . import catalog, images, infotext, preview, samplers
+from . import catalog, images, infotext, loading, preview, samplers
 from .errors import Interrupted, OutOfMemory
 from .manager import LoadedModel, PipelineManager
+from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request
 from .settings import EngineSettings
 
@@ -50,6 +52,7 @@ class Job:
     total: int = 0
     started: float = 0.0
     preview: Image.Image | None = None
+    images: list[Image.Image] = field(default_factory=list)  # finished so far, for callers that poll
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def interrupt(self) -> None:
@@ -70,14 +73,17 @@ class Result:
     model_hash: str
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)  # where each image was saved, when it was
 
 
 class Engine:
     def __init__(self, settings: EngineSettings | None = None) -> None:
         self.settings = settings or EngineSettings()
         self.manager = PipelineManager(self.settings)
+        self.outputs = OutputStore(self.settings.outputs_dir, self.settings.image_format)
         self.limits = Limits(max_pixels=self._pixel_budget())
         self.current_job: Job | None = None
+        self._tokenizer: Any = None
         self._device_lock = threading.Lock()  # one generation on the device at a time
         if warning := self.settings.offload_warning():
             log.warning(warning)
@@ -106,6 +112,20 @@ class Engine:
             "stats": {name: vars(stats) for name, stats in self.manager.stats.items()},
         }
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes in the 77-token CLIP window (start/end markers not counted).
+
+        Every supported family uses CLIP's BPE vocabulary, so this needs no loaded model.
+        """
+        if self._tokenizer is None:
+            self._tokenizer = loading.clip_tokenizer()
+        return len(self._tokenizer(text, add_special_tokens=False).input_ids)
+
+    def native_size(self, name: str = "") -> int:
+        """The model's native image side in pixels, from its config, without loading weights."""
+        entry = catalog.resolve(name or self.default_model, self.settings.models_dir)
+        return loading.native_size(entry)
+
     def load(self, name: str = "", progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
         """Load a model ahead of use (e.g. when the user picks it), without running anything."""
         return self.manager.get(name or self.default_model, progress)
@@ -117,14 +137,16 @@ class Engine:
         job: Job | None = None,
         on_progress: ProgressCallback | None = None,
         preview_every: int = 0,
+        save: bool = False,
     ) -> Result:
+        """Run one request. ``save`` writes each image to the outputs folder as its batch finishes."""
         request, notes = request.checked(self.limits)
         job = job or Job()
         queued = time.perf_counter()
         with self._device_lock:
             self.current_job = job
             try:
-                return self._run(request, notes, job, on_progress, preview_every, queued)
+                return self._run(request, notes, job, on_progress, preview_every, queued, save)
             except Interrupted:
                 job.state = "interrupted"
                 raise
@@ -149,6 +171,7 @@ class Engine:
         on_progress: ProgressCallback | None,
         preview_every: int,
         queued: float,
+        save: bool,
     ) -> Result:
         started = time.perf_counter()
         model = self.manager.get(request.model or self.default_model)
@@ -156,20 +179,43 @@ class Engine:
         request = self._sized(request, model)
         first_seed = request.seed if request.seed != -1 else random.randint(0, 2**32 - 1)
         seeds = [(first_seed + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
-        job.state, job.started, job.step = "running", time.perf_counter(), 0
+        job.state, job.started, job.step, job.images = "running", time.perf_counter(), 0, []
         job.total = max(1, _steps_per_batch(request)) * request.batch_count
         self._set_vae_tiling(model, request)
-        outputs: list[Image.Image] = []
-        for batch in range(request.batch_count):
-            batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
-            outputs += self._denoise(model, request, batch_seeds, job, on_progress, preview_every)
         texts = [
             infotext.infotext(request, s, request.width, request.height, model.name, model.model_hash) for s in seeds
         ]
+        paths: list[Path] = []
+        for batch in range(request.batch_count):
+            span = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
+            finished = self._denoise(model, request, seeds[span], job, on_progress, preview_every)
+            if save:
+                paths += self._save(finished, texts[span], seeds[span], request, model, notes)
+            job.images += finished
         job.state = "done"
         finished = time.perf_counter()
         timings = {"queue_s": started - queued, "load_s": loaded - started, "generate_s": finished - loaded}
-        return Result(outputs, seeds, texts, request, model.name, model.model_hash, timings, notes)
+        return Result(list(job.images), seeds, texts, request, model.name, model.model_hash, timings, notes, paths)
+
+    def _save(
+        self,
+        finished: list[Image.Image],
+        texts: list[str],
+        seeds: list[int],
+        request: Request,
+        model: LoadedModel,
+        notes: list[str],
+    ) -> list[Path]:
+        """Save a batch; a full or read-only disk costs the files, never the images in hand."""
+        fields = request.fields() | {"model": model.name}
+        paths = []
+        for image, text, seed in zip(finished, texts, seeds, strict=True):
+            try:
+                paths.append(self.outputs.save(image, text, fields | {"seed": seed}, seed))
+            except OSError as exc:
+                log.error("could not save image with seed %d: %s", seed, exc)
+                notes.append(f"image with seed {seed} was not saved to {self.outputs.root}: {exc.strerror or exc}")
+        return paths
 
     def _denoise(
         self,

@@ -93,6 +93,34 @@ def build_demo(dtype: torch.dtype = torch.float32) -> Any:
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
+_FAMILY_SIZES = {"demo": 128, "sd1": 512, "sd2": 768, "sdxl": 1024}
+
+
+def native_size(entry: Any) -> int:
+    """Native image side of a catalog entry, read from configs or the checkpoint header only."""
+    if entry.native_size:
+        return int(entry.native_size)
+    if entry.source == "single_file":
+        try:
+            return _FAMILY_SIZES[detect_family(read_header(Path(entry.location)), entry.name).name]
+        except (ModelUnavailable, ModelRefused):
+            return 512
+    folder = CONFIGS_DIR / "demo" if entry.source == "builtin" else Path(entry.location)
+    if entry.source == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(entry.location, allow_patterns=["*/config.json"], local_files_only=True))
+        except Exception:  # not cached (any hub error): SD 1.x is the common case
+            return 512
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return 512
+    return int(unet.get("sample_size", 64)) * 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+
+
 def load_folder(path: Path, dtype: torch.dtype) -> Any:
     """A diffusers-format folder (``model_index.json`` at its top), safetensors weights only."""
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image

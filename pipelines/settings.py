@@ -24,6 +24,8 @@ class Budgets:
 @dataclass
 class EngineSettings:
     models_dir: Path = field(default_factory=lambda: Path("models"))
+    outputs_dir: Path = field(default_factory=lambda: Path("outputs"))
+    image_format: str = "png"  # "png", "jpeg" or "webp"
     default_model: str = ""  # empty: the first local model, else the built-in demo
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
     precision: str = "auto"
@@ -36,6 +38,7 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)
+        self.outputs_dir = Path(self.outputs_dir)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.offload not in OFFLOADS:
