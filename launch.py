@@ -1,6 +1,7 @@
-"""Start Atelier: parse flags, build the engine, hand it to the web UI.
+"""Start Atelier: parse flags, build the engine, hand it to the web UI, serve.
 
-Heavy imports (torch, diffusers, gradio) happen after the flags are parsed, so ``--help`` is instant.
+Heavy imports (torch, diffusers, gradio) happen after the flags are parsed, so ``--help`` is instant,
+and the default model loads in the background after the page already answers.
 """
 
 from __future__ import annotations
@@ -8,35 +9,63 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("atelier")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Atelier: a Stable Diffusion studio in your browser.")
-    parser.add_argument(
-        "--models-dir", type=Path, default=Path("models"), help="folder of checkpoints and diffusers models"
+    web = parser.add_argument_group("web server")
+    web.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    web.add_argument(
+        "--listen", action="store_true", help="serve on all network interfaces (0.0.0.0), not just this machine"
     )
-    parser.add_argument(
-        "--model", default="", help="model to start with (default: first local model, else the built-in demo)"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
-    parser.add_argument("--medvram", action="store_true", help="keep only the active part of the model on the GPU")
-    parser.add_argument("--lowvram", action="store_true", help="stream weights to the GPU layer by layer (slowest)")
-    parser.add_argument("--xformers", action="store_true", help="use xformers attention on CUDA when installed")
-    parser.add_argument("--max-models", type=int, default=3, help="models kept loaded at once")
+    web.add_argument("--share", action="store_true", help="also make a temporary public gradio.live link")
+    web.add_argument("--auth", action="append", default=[], metavar="USER:PASS", help="require a login (repeatable)")
+    web.add_argument("--auth-file", type=Path, help="file with one USER:PASS per line")
+    web.add_argument("--api", action="store_true", help="serve the A1111-compatible REST API under /sdapi/v1")
+    web.add_argument("--queue-size", type=int, default=64, help="jobs that may wait for the GPU at once")
+    folders = parser.add_argument_group("folders")
+    folders.add_argument("--models-dir", type=Path, default=Path("models"), help="checkpoints and diffusers folders")
+    folders.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where images are saved")
+    folders.add_argument("--data-dir", type=Path, default=Path("data"), help="settings and presets")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--model", default="", help="initial model (default: first local one, else the demo)")
+    engine.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    engine.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    engine.add_argument("--medvram", action="store_true", help="keep only the active part of the model on the GPU")
+    engine.add_argument("--lowvram", action="store_true", help="stream weights to the GPU layer by layer (slowest)")
+    engine.add_argument("--xformers", action="store_true", help="use xformers attention on CUDA when installed")
+    engine.add_argument("--max-models", type=int, default=3, help="models kept loaded at once")
     return parser.parse_args(argv)
 
 
-def build_engine(args: argparse.Namespace):
+def credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``--auth`` values and ``--auth-file`` lines as (user, password) pairs; bad entries stop the launch."""
+    entries = list(args.auth)
+    if args.auth_file:
+        lines = args.auth_file.read_text(encoding="utf-8").splitlines()
+        entries += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    pairs = []
+    for entry in entries:
+        user, colon, password = entry.partition(":")
+        if not colon or not user or not password:
+            raise SystemExit(f"--auth entries must look like USER:PASS, got {entry!r}")
+        pairs.append((user, password))
+    return pairs
+
+
+def build_engine(args: argparse.Namespace) -> Any:
     from pipelines.engine import Engine
     from pipelines.settings import EngineSettings
 
     offload = "sequential" if args.lowvram else "model" if args.medvram else "none"
     settings = EngineSettings(
         models_dir=args.models_dir,
+        outputs_dir=args.outputs_dir,
         default_model=args.model,
         device=args.device,
         precision=args.precision,
@@ -47,21 +76,55 @@ def build_engine(args: argparse.Namespace):
     return Engine(settings)
 
 
+def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
+    """Build everything and start the server; returns the Gradio app (for tests and benches)."""
+    import webui
+    from webui.app import CSS
+    from webui.state import SettingsStore
+
+    auth = credentials(args)
+    if (args.share or args.listen) and not auth:
+        log.warning("!" * 72)
+        log.warning("--share/--listen without --auth: ANYONE who can reach this server can use it and see your images")
+        log.warning("!" * 72)
+    engine = build_engine(args)
+    app = webui.build_app(engine, SettingsStore(args.data_dir))
+    if args.api:
+        log.warning("--api: the REST API is not available in this version yet; the Gradio endpoints are")
+    app.queue(max_size=args.queue_size, default_concurrency_limit=4)
+    app.launch(
+        server_name="0.0.0.0" if args.listen else "127.0.0.1",
+        server_port=args.port,
+        share=args.share,
+        auth=auth or None,
+        max_file_size="50mb",
+        allowed_paths=[str(args.outputs_dir.resolve())],
+        prevent_thread_lock=True,
+        css=CSS,
+        quiet=True,
+    )
+    log.info("Atelier is running at %s", app.local_url)
+    if args.share and not app.share_url:
+        log.warning("no public link: Gradio could not create one (offline, or blocked); serving locally only")
+    threading.Thread(target=_warm_up, args=(engine,), name="warm-up", daemon=True).start()
+    if not prevent_thread_lock:
+        app.block_thread()
+    return app
+
+
+def _warm_up(engine: Any) -> None:
+    """Load the default model after the page is up, so the first Generate does not wait for it."""
+    try:
+        engine.load()
+    except Exception as exc:  # the page shows the same error when the user generates
+        log.error("could not load the default model %s: %s", engine.default_model, exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = build_engine(args)
-    model = engine.load()
-    status = engine.status()
-    log.info(
-        "engine ready: %s on %s (%s), native size %dpx",
-        model.name,
-        status["device"],
-        status["dtype"],
-        model.native_size,
-    )
-    log.info("models: %s", ", ".join(entry.title for entry in engine.list_models()))
-    log.info("the web UI is not built yet; the engine can be driven from Python (see README)")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
+    serve(args)
     return 0
 
 

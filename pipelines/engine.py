@@ -174,6 +174,8 @@ class Engine:
         save: bool,
     ) -> Result:
         started = time.perf_counter()
+        if job.interrupted:  # stopped while it waited for the device
+            raise Interrupted(f"job {job.id} was stopped before it started")
         model = self.manager.get(request.model or self.default_model)
         loaded = time.perf_counter()
         request = self._sized(request, model)

@@ -18,8 +18,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine(models_dir: Path) -> Engine:
-    engine = Engine(EngineSettings(models_dir=models_dir, default_model="builtin:demo"))
+def engine(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    outputs = tmp_path_factory.mktemp("outputs")
+    engine = Engine(EngineSettings(models_dir=models_dir, outputs_dir=outputs, default_model="builtin:demo"))
     engine.load()
     return engine
 

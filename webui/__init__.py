@@ -1,1 +1,14 @@
-"""Atelier's Gradio page and HTTP API: thin front doors onto the engine in ``pipelines``."""
+"""Atelier's Gradio page: thin front doors onto the engine in ``pipelines``.
+
+``build_app(engine, settings_store)`` is imported lazily so that ``import webui`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_app(engine: Any, settings: Any) -> Any:
+    from .app import build_app as build
+
+    return build(engine, settings)

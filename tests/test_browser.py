@@ -1,0 +1,155 @@
+"""The real page in a real browser: Debian's Chromium driven by Playwright, against a live server.
+
+Screenshots land in ``test-artifacts/`` (look at them: the page must look tidy). Outside CI the
+tests skip when Chromium or Playwright is missing; in CI (``CI=true``) they fail instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+import launch
+from webui.app import TAB_LABELS
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+BLUE = (30, 60, 200)
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serve(tmp: Path, *extra: str) -> tuple[Any, str]:
+    port = _free_port()
+    args = launch.parse_args(
+        ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
+         "--models-dir", str(tmp / "models"), *extra]
+    )  # fmt: skip
+    app = launch.serve(args, prevent_thread_lock=True)
+    return app, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    app, url = _serve(tmp_path_factory.mktemp("browser"))
+    yield url
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        _missing(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        yield chromium
+        chromium.close()
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"browser tests must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    page.wait_for_selector("#txt2img-generate", timeout=60_000)
+    yield page
+    page.close()
+
+
+def _shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _fetch_image(page: Any, selector: str) -> Image.Image:
+    source = page.locator(selector).first.get_attribute("src")
+    response = page.request.get(source)
+    assert response.ok, f"{source}: HTTP {response.status}"
+    return Image.open(io.BytesIO(response.body())).convert("RGB")
+
+
+def test_generate_shows_the_image_and_the_gallery_keeps_it(page: Any) -> None:
+    for label in TAB_LABELS:
+        assert page.get_by_role("tab", name=label).is_visible(), f"tab {label!r} missing"
+    _shot(page, "01-text-to-image")
+    page.get_by_label("Prompt", exact=True).first.fill("a lighthouse at dusk")
+    page.locator("#txt2img-generate").click()
+    page.locator("#txt2img-status").get_by_text("Done in").wait_for(timeout=60_000)
+    result = "#txt2img-results img[src*='gradio_api/file=']"
+    _shot(page, "02-result")
+    assert _fetch_image(page, result).size == (128, 128)
+    assert "a lighthouse at dusk" in page.locator("#txt2img-infotext textarea").input_value()
+    page.get_by_role("tab", name="Gallery").click()
+    page.wait_for_selector("#gallery-grid img[src*='gradio_api/file=']", timeout=30_000)
+    page.get_by_text("1 image · page 1 of 1").wait_for(timeout=10_000)
+    _shot(page, "03-gallery")
+
+
+def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) -> None:
+    picture = tmp_path / "blue.png"
+    Image.new("RGB", (128, 128), BLUE).save(picture)
+    page.get_by_role("tab", name="Inpaint").click()
+    editor = page.locator("#inpaint-editor")
+    editor.locator("input[type=file]").first.set_input_files(str(picture))
+    page.wait_for_timeout(1500)
+    editor.get_by_role("button", name="Brush", exact=True).click()
+    box = editor.locator("canvas").first.bounding_box()
+    middle_y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.3, middle_y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(box["x"] + box["width"] * (0.3 + 0.04 * step), middle_y)
+    page.mouse.up()
+    _shot(page, "04-inpaint-stroke")
+    page.locator("#inpaint-generate").click()
+    page.locator("#inpaint-status").get_by_text("Done in").wait_for(timeout=60_000)
+    result = "#inpaint-results img[src*='gradio_api/file=']"
+    _shot(page, "05-inpaint-result")
+    out = np.asarray(_fetch_image(page, result), dtype=np.int16)
+    assert out.shape == (128, 128, 3)
+    # The stroke crosses the middle rows; with the default mask blur (4 px) rows this far away stay.
+    kept = np.concatenate([out[:20], out[108:]])
+    assert np.abs(kept - np.array(BLUE)).max() <= 2, "pixels outside the stroke changed colour"
+    assert np.abs(out[58:70, 50:78] - np.array(BLUE)).mean() > 10, "nothing was redrawn under the stroke"
+
+
+def test_auth_refuses_a_wrong_password_and_accepts_the_right_one(tmp_path: Path) -> None:
+    app, url = _serve(tmp_path, "--auth", "artist:s3cret")
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.get("config").status_code == 401
+            wrong = client.post("login", data={"username": "artist", "password": "nope"})
+            assert wrong.status_code == 400
+            assert client.get("config").status_code == 401
+            right = client.post("login", data={"username": "artist", "password": "s3cret"})
+            assert right.status_code == 200
+            assert client.get("config").status_code == 200
+    finally:
+        app.close()

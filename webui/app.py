@@ -1,0 +1,230 @@
+"""The studio page: a top bar, the tabs, and the wiring between them. Handlers only call the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from pipelines.engine import Engine
+from pipelines.outputs import read_metadata
+
+from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
+from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
+from .settings_tab import THEME_JS, apply_settings, build_settings_tab, loaded_table
+from .state import JobBoard, SettingsStore
+from .widgets import GenerationWidgets
+
+TAB_LABELS = ("Text to Image", "Image to Image", "Inpaint", "Gallery", "Presets", "PNG Info", "Settings")
+CSS = """
+.token-counter { text-align: right; font-size: 0.8em; opacity: 0.7; }
+.token-counter .over { color: #c2410c; opacity: 1; font-weight: 600; }
+.tool-button { max-width: 48px; font-size: 1.2em; }
+.job-status { min-height: 1.5em; font-size: 0.9em; }
+#atelier-title h1 { margin: 0; font-size: 1.5em; }
+"""
+
+
+@dataclass
+class TopBar:
+    model: gr.Dropdown
+    refresh: gr.Button
+    device: gr.Markdown
+
+
+def model_choices(engine: Engine) -> list[tuple[str, str]]:
+    loaded = {model.name for model in engine.manager.loaded()}
+    return [(entry.title + (" · loaded" if entry.name in loaded else ""), entry.name) for entry in engine.list_models()]
+
+
+def device_text(engine: Engine) -> str:
+    status = engine.status()
+    loaded = ", ".join(status["loaded"]) or "none yet"
+    busy = "generating" if status["busy"] else "idle"
+    return f"**{status['device']}** · {status['dtype']} · {busy} · loaded: {loaded}"
+
+
+def build_top_bar(engine: Engine) -> TopBar:
+    with gr.Row(equal_height=True):
+        gr.Markdown("# Atelier", elem_id="atelier-title")
+        model = gr.Dropdown(
+            model_choices(engine), value=engine.default_model, label="Model", scale=4, elem_id="model-picker"
+        )
+        refresh = gr.Button("↻", scale=0, min_width=48, elem_classes=["tool-button"])
+        device = gr.Markdown(device_text(engine), elem_id="device-state")
+    return TopBar(model, refresh, device)
+
+
+@dataclass
+class Studio:
+    """The built page and its parts, so tests can call a tab's handlers directly."""
+
+    app: gr.Blocks
+    engine: Engine
+    jobs: JobBoard
+    top: TopBar
+    tabs: dict[str, GenerationWidgets]
+    gallery: GalleryWidgets
+    handlers: dict[str, Any]
+
+
+def build_app(engine: Engine, settings: SettingsStore) -> gr.Blocks:
+    """The whole page. ``launch.py`` builds the engine and passes it in; nothing here loads a model."""
+    return build_studio(engine, settings).app
+
+
+def build_studio(engine: Engine, settings: SettingsStore) -> Studio:
+    apply_settings(engine, settings.load())
+    jobs = JobBoard()
+    with gr.Blocks(title="Atelier") as app:
+        top = build_top_bar(engine)
+        with gr.Tabs() as tabs:
+            with gr.Tab(TAB_LABELS[0], id="txt2img"):
+                txt2img = build_txt2img_tab(engine)
+            with gr.Tab(TAB_LABELS[1], id="img2img"):
+                img2img = build_img2img_tab(engine)
+            with gr.Tab(TAB_LABELS[2], id="inpaint"):
+                inpaint = build_inpaint_tab(engine)
+            with gr.Tab(TAB_LABELS[3], id="gallery") as gallery_tab:
+                gallery = build_gallery_tab(engine)
+            with gr.Tab(TAB_LABELS[4], id="presets"):
+                build_presets_tab()
+            with gr.Tab(TAB_LABELS[5], id="pnginfo"):
+                build_png_info_tab()
+            with gr.Tab(TAB_LABELS[6], id="settings") as settings_tab:
+                theme, cache_table = build_settings_tab(engine, settings)
+        generation_tabs = {w.mode: w for w in (txt2img, img2img, inpaint)}
+        handlers = {mode: wire_generation(engine, jobs, w, top.model) for mode, w in generation_tabs.items()}
+        for widgets in generation_tabs.values():
+            _wire_results(widgets, img2img, inpaint, tabs)
+        _wire_gallery_actions(gallery, txt2img, img2img, inpaint, tabs)
+        _wire_top_bar(engine, top, tuple(generation_tabs.values()))
+        listing = [gallery.images, gallery.page, gallery.info]
+        gallery_tab.select(lambda q, p: show_page(engine, q, p), [gallery.query, gallery.page], listing)
+        settings_tab.select(lambda: loaded_table(engine), None, cache_table)
+        app.load(None, theme, None, js=THEME_JS)
+        app.load(lambda: device_text(engine), None, top.device, show_progress="hidden")
+        gr.Timer(5).tick(lambda: device_text(engine), None, top.device, show_progress="hidden", queue=False)
+    _keep_private(app, public=("txt2img", "img2img", "inpaint"))
+    return Studio(app, engine, jobs, top, generation_tabs, gallery, handlers)
+
+
+def _keep_private(app: gr.Blocks, public: tuple[str, ...]) -> None:
+    """Only the documented endpoints are callable by API clients; the rest is the page's own wiring."""
+    for block_function in app.fns.values():
+        if block_function.api_name not in public:
+            block_function.api_visibility = "private"
+
+
+def _wire_top_bar(engine: Engine, top: TopBar, generation_tabs: tuple[GenerationWidgets, ...]) -> None:
+    sizes = [w.fields[side] for w in generation_tabs for side in ("width", "height")]
+
+    def pick(name: str, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+        progress(0, desc=f"Loading {name}")
+        try:
+            engine.load(name, lambda done, total, what: progress((done, max(total, 1)), desc=f"Downloading {what}"))
+        except Exception as exc:
+            raise gr.Error(str(exc)) from exc
+        side = engine.native_size(name)
+        return (device_text(engine), gr.Dropdown(choices=model_choices(engine)), *([side] * len(sizes)))
+
+    top.model.input(pick, top.model, [top.device, top.model, *sizes])
+    top.refresh.click(
+        lambda: (gr.Dropdown(choices=model_choices(engine)), device_text(engine)), None, [top.model, top.device]
+    )
+
+
+def _picked(entries: list[dict[str, Any]], selected: int | None) -> dict[str, Any]:
+    if not entries:
+        raise gr.Error("Generate an image first.")
+    return entries[min(int(selected or 0), len(entries) - 1)]
+
+
+def _image_at(gallery_value: Any, selected: int | None) -> str:
+    """File path of the picked result (the Gallery gives (path, caption) pairs or plain paths)."""
+    if not gallery_value:
+        raise gr.Error("Generate an image first.")
+    item = gallery_value[min(int(selected or 0), len(gallery_value) - 1)]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _wire_results(
+    widgets: GenerationWidgets, img2img: GenerationWidgets, inpaint: GenerationWidgets, tabs: gr.Tabs
+) -> None:
+    def select(evt: gr.SelectData, entries: list[dict[str, Any]]) -> tuple[str, int]:
+        return (_picked(entries, evt.index)["infotext"], evt.index) if entries else ("", 0)
+
+    widgets.results.select(select, widgets.session, [widgets.infotext, widgets.selected])
+    seed = widgets.fields["seed"]
+    widgets.recycle.click(lambda entries: _picked(entries, 0)["seed"], widgets.session, seed)
+    widgets.reuse_seed.click(
+        lambda entries, index: _picked(entries, index)["seed"], [widgets.session, widgets.selected], seed
+    )
+    reusable = {name: w for name, w in widgets.fields.items() if name not in ("init_image", "mask")}
+
+    def reuse_all(entries: list[dict[str, Any]], index: int) -> list[Any]:
+        return fill_fields(reusable, _picked(entries, index)["fields"])
+
+    widgets.reuse_all.click(reuse_all, [widgets.session, widgets.selected], list(reusable.values()))
+    for button, target in ((widgets.send_img2img, img2img), (widgets.send_inpaint, inpaint)):
+        button.click(
+            lambda value, index, tab=target.mode: (_image_at(value, index), gr.Tabs(selected=tab)),
+            [widgets.results, widgets.selected],
+            [target.fields["init_image"], tabs],
+        )
+
+
+def fill_fields(widgets: dict[str, gr.components.Component], fields: dict[str, Any]) -> list[Any]:
+    """New values for ``widgets`` from saved request fields, by name; unknown or missing ones stay."""
+    values = []
+    for name in widgets:
+        value = fields.get(name, gr.skip())
+        if name == "only_masked" and isinstance(value, bool):
+            value = "Only masked" if value else "Whole picture"
+        values.append(value)
+    return values
+
+
+def _wire_gallery_actions(
+    gallery: GalleryWidgets,
+    txt2img: GenerationWidgets,
+    img2img: GenerationWidgets,
+    inpaint: GenerationWidgets,
+    tabs: gr.Tabs,
+) -> None:
+    reusable = {name: w for name, w in txt2img.fields.items()}
+
+    def reuse(fields: dict[str, Any]) -> list[Any]:
+        if not fields:
+            raise gr.Error("This image has no Atelier parameters to reuse; select one made here.")
+        return [*fill_fields(reusable, fields), gr.Tabs(selected="txt2img")]
+
+    gallery.reuse.click(reuse, gallery.selected_fields, [*reusable.values(), tabs])
+    for button, target in ((gallery.send_img2img, img2img), (gallery.send_inpaint, inpaint)):
+        button.click(
+            lambda path, tab=target.mode: (path or gr.skip(), gr.Tabs(selected=tab)),
+            gallery.selected_path,
+            [target.fields["init_image"], tabs],
+        )
+
+
+def build_presets_tab() -> None:
+    gr.Markdown(
+        "### Presets\nPrompt styles, negative-prompt presets and saved settings are coming to this tab. Until "
+        "then, **Reuse all parameters** under any result, or **Reuse parameters** in the Gallery, brings back every "
+        "setting of an image."
+    )
+
+
+def build_png_info_tab() -> None:
+    with gr.Row(equal_height=False):
+        image = gr.Image(label="Drop an image", type="filepath", sources=["upload", "clipboard"], height=360)
+        parameters = gr.Textbox(label="Parameters", lines=10, interactive=False, buttons=["copy"])
+
+    def read(path: str | None) -> str:
+        if not path:
+            return ""
+        return read_metadata(path).get("parameters") or "No generation parameters found in this image."
+
+    image.change(read, image, parameters)

@@ -1,0 +1,126 @@
+"""The Gallery tab: every image in the outputs folder, newest first, paged and searchable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines.engine import Engine
+from pipelines.outputs import read_metadata
+
+PAGE_SIZE = 48
+
+
+@dataclass
+class GalleryWidgets:
+    images: gr.Gallery
+    query: gr.Textbox
+    page: gr.Number
+    info: gr.Markdown
+    large: gr.Image
+    parameters: gr.Textbox
+    selected_path: gr.State
+    selected_fields: gr.State
+    reuse: gr.Button
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+    delete: gr.Button
+    restore: gr.Button
+    refresh: gr.Button
+
+
+def build_gallery_tab(engine: Engine) -> GalleryWidgets:
+    with gr.Row():
+        query = gr.Textbox(label="Search prompts", placeholder="words in the prompt", scale=4)
+        page = gr.Number(1, label="Page", precision=0, minimum=1, scale=1)
+        previous = gr.Button("◀ Newer", scale=1)
+        following = gr.Button("Older ▶", scale=1)
+        refresh = gr.Button("Refresh", scale=1)
+    info = gr.Markdown("")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            images = gr.Gallery(
+                label="Outputs", columns=6, height=560, allow_preview=False, fit_columns=False,
+                interactive=False, object_fit="cover", elem_id="gallery-grid",
+            )  # fmt: skip
+        with gr.Column(scale=2):
+            large = gr.Image(label="Selected", type="filepath", interactive=False, height=360)
+            parameters = gr.Textbox(label="Parameters", lines=5, interactive=False)
+            with gr.Row():
+                reuse = gr.Button("Reuse parameters", size="sm")
+                send_img2img = gr.Button("Send to Image to Image", size="sm")
+                send_inpaint = gr.Button("Send to Inpaint", size="sm")
+            with gr.Row():
+                delete = gr.Button("Delete (to trash)", size="sm", variant="stop")
+                restore = gr.Button("Restore last deleted", size="sm")
+    widgets = GalleryWidgets(
+        images, query, page, info, large, parameters, gr.State(None), gr.State({}),
+        reuse, send_img2img, send_inpaint, delete, restore, refresh,
+    )  # fmt: skip
+    _wire_gallery(engine, widgets, previous, following)
+    return widgets
+
+
+def show_page(engine: Engine, query: str, page: float | None) -> tuple[list[tuple[str, str]], int, str]:
+    """Thumbnails (path, caption) of one page, the page number actually shown, and a summary line."""
+    page_number = max(1, int(page or 1))
+    items, total = engine.outputs.list(query or "", (page_number - 1) * PAGE_SIZE, PAGE_SIZE)
+    pages = max(1, -(-total // PAGE_SIZE))
+    if page_number > pages:
+        page_number = pages
+        items, total = engine.outputs.list(query or "", (page_number - 1) * PAGE_SIZE, PAGE_SIZE)
+    found = f"{total} image{'s' if total != 1 else ''}" + (f" matching “{query}”" if query else "")
+    return (
+        [(str(item.path), item.prompt[:80]) for item in items],
+        page_number,
+        f"{found} · page {page_number} of {pages}",
+    )
+
+
+def _wire_gallery(engine: Engine, widgets: GalleryWidgets, previous: gr.Button, following: gr.Button) -> None:
+    listing = [widgets.images, widgets.page, widgets.info]
+
+    def load(query: str, page: float | None) -> tuple[Any, ...]:
+        return show_page(engine, query, page)
+
+    for trigger, step in ((widgets.refresh, 0), (previous, -1), (following, 1)):
+        trigger.click(lambda q, p, s=step: load(q, max(1, int(p or 1) + s)), [widgets.query, widgets.page], listing)
+    widgets.query.submit(lambda q: load(q, 1), widgets.query, listing)
+
+    def select(evt: gr.SelectData, query: str, page: float | None) -> tuple[Any, ...]:
+        items, _ = engine.outputs.list(query or "", (max(1, int(page or 1)) - 1) * PAGE_SIZE, PAGE_SIZE)
+        if evt.index >= len(items):
+            return None, "", None, {}
+        path = items[evt.index].path
+        metadata = read_metadata(path)
+        return str(path), metadata.get("parameters", ""), str(path), metadata.get("atelier", {})
+
+    selection = [widgets.large, widgets.parameters, widgets.selected_path, widgets.selected_fields]
+    widgets.images.select(select, [widgets.query, widgets.page], selection)
+
+    def delete(path: str | None, query: str, page: float | None, trashed: list[str]) -> tuple[Any, ...]:
+        if not path:
+            raise gr.Error("Select an image first.")
+        try:
+            trashed = [*trashed, str(engine.outputs.delete(Path(path)))]
+        except (ValueError, OSError) as exc:
+            raise gr.Error(f"Could not delete: {exc}") from exc
+        gr.Info("Moved to the trash folder: “Restore last deleted” brings it back.")
+        return (*load(query, page), None, "", None, trashed)
+
+    trash = gr.State([])
+    widgets.delete.click(
+        delete, [widgets.selected_path, widgets.query, widgets.page, trash], [*listing, *selection[:3], trash]
+    )
+
+    def restore(trashed: list[str], query: str, page: float | None) -> tuple[Any, ...]:
+        if not trashed:
+            raise gr.Error("Nothing deleted in this session.")
+        restored = engine.outputs.restore(Path(trashed[-1]))
+        gr.Info(f"Restored {restored.name}.")
+        return (*load(query, page), trashed[:-1])
+
+    widgets.restore.click(restore, [trash, widgets.query, widgets.page], [*listing, trash])

@@ -1,0 +1,214 @@
+"""The three generation tabs and the handler that streams a job's progress to the page."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from pipelines.engine import Engine, Job, Result
+from pipelines.errors import AtelierError, Interrupted
+from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
+
+from .state import JobBoard
+from .widgets import GenerationWidgets, build_generation_widgets
+
+REQUESTS = {"txt2img": Txt2Img, "img2img": Img2Img, "inpaint": Inpaint}
+POLL_SECONDS = 0.3
+PREVIEW_EVERY = 3
+
+
+def build_txt2img_tab(engine: Engine) -> GenerationWidgets:
+    return build_generation_widgets(engine, "txt2img")
+
+
+def build_img2img_tab(engine: Engine) -> GenerationWidgets:
+    def controls() -> dict[str, Any]:
+        image = gr.Image(
+            label="Image", type="pil", sources=["upload", "clipboard"], height=320, elem_id="img2img-image"
+        )
+        strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength")
+        resize = gr.Radio(list(RESIZE_MODES), value="just resize", label="Resize mode")
+        return {"init_image": image, "denoising_strength": strength, "resize_mode": resize}
+
+    widgets = build_generation_widgets(engine, "img2img", controls)
+    _size_follows_image(widgets, widgets.fields["init_image"])
+    return widgets
+
+
+def build_inpaint_tab(engine: Engine) -> GenerationWidgets:
+    def controls() -> dict[str, Any]:
+        editor = gr.ImageEditor(
+            label="Image: paint over what to redraw",
+            type="pil",
+            sources=["upload", "clipboard"],
+            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+            eraser=gr.Eraser(default_size=24),
+            layers=False,
+            transforms=(),
+            height=420,
+            elem_id="inpaint-editor",
+        )
+        with gr.Accordion("Inpaint options", open=True):
+            with gr.Row():
+                blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
+                strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength")
+            with gr.Row():
+                area = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", label="Inpaint area")
+                padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
+            content = gr.Radio(list(MASKED_CONTENT), value="original", label="Masked content")
+            invert = gr.Checkbox(False, label="Invert mask (redraw what is not painted)")
+        with gr.Accordion("Upload a mask instead of painting", open=False):
+            mask = gr.Image(label="Mask image (white = redraw)", type="pil", height=200, image_mode="L")
+        return {
+            "init_image": editor, "mask": mask, "mask_blur": blur, "denoising_strength": strength,
+            "only_masked": area, "only_masked_padding": padding, "masked_content": content, "invert_mask": invert,
+        }  # fmt: skip
+
+    widgets = build_generation_widgets(engine, "inpaint", controls)
+    _size_follows_image(widgets, widgets.fields["init_image"])
+    return widgets
+
+
+def _size_follows_image(widgets: GenerationWidgets, image_widget: gr.components.Component) -> None:
+    """An uploaded picture sets width/height to its own size (on the 8-pixel grid)."""
+
+    def sizes(value: Any) -> tuple[Any, Any]:
+        image = value.get("background") if isinstance(value, dict) else value
+        if not isinstance(image, Image.Image):
+            return gr.update(), gr.update()
+        return tuple(max(64, min(2048, side // 8 * 8)) for side in image.size)
+
+    image_widget.upload(sizes, image_widget, [widgets.fields["width"], widgets.fields["height"]], queue=False)
+
+
+def request_from(mode: str, values: dict[str, Any]) -> Txt2Img:
+    """Widget values (by request field name) -> the mode's typed request."""
+    cls = REQUESTS[mode]
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    converted: dict[str, Any] = {}
+    for name, value in values.items():
+        if types.get(name) == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif types.get(name) == "str" and value is None:  # an untouched text box
+            value = ""
+        converted[name] = value
+    if mode == "inpaint":
+        converted["only_masked"] = values.get("only_masked") == "Only masked"
+        converted["init_image"], painted = _editor_images(values.get("init_image"))
+        converted["mask"] = values.get("mask") or painted
+    return cls(**converted)
+
+
+def _editor_images(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
+    """Background and painted mask (the union of the strokes' alpha) from an ImageEditor value."""
+    if not isinstance(value, dict) or value.get("background") is None:
+        return None, None
+    background = value["background"].convert("RGB")
+    mask = Image.new("L", background.size, 0)
+    for layer in value.get("layers") or []:
+        if layer is not None:
+            alpha = layer.convert("RGBA").getchannel("A").resize(background.size)
+            mask.paste(255, (0, 0), alpha.point(lambda a: 255 if a > 0 else 0))
+    return background, mask
+
+
+def wire_generation(
+    engine: Engine, jobs: JobBoard, widgets: GenerationWidgets, model_picker: gr.Dropdown
+) -> Callable[..., Iterator[dict[Any, Any]]]:
+    """Connect Generate and Stop of one tab; every tab shares the single GPU slot."""
+    outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected]
+
+    def run(
+        data: dict[Any, Any], request: gr.Request, progress: gr.Progress = gr.Progress()
+    ) -> Iterator[dict[Any, Any]]:
+        values = {name: data[widget] for name, widget in widgets.fields.items()}
+        try:
+            job_request = request_from(widgets.mode, values | {"model": data[model_picker] or ""})
+            job_request.checked(engine.limits)
+        except AtelierError as exc:
+            raise gr.Error(str(exc)) from exc
+        session = request.session_hash or "anonymous"
+        job = jobs.start(session)
+        try:
+            yield from _stream(engine, job, job_request, widgets, progress)
+        finally:
+            job.interrupt() if job.state in ("queued", "running") else None  # the browser went away
+            jobs.finish(session, job)
+
+    widgets.generate.click(
+        run, inputs={model_picker, *widgets.fields.values()}, outputs=outputs,
+        concurrency_limit=1, concurrency_id="gpu", api_name=widgets.mode, show_progress="minimal",
+    )  # fmt: skip
+
+    def stop(request: gr.Request) -> None:
+        jobs.stop(request.session_hash or "anonymous")
+
+    widgets.stop.click(stop, None, None, queue=False)
+    return run
+
+
+def _stream(
+    engine: Engine, job: Job, job_request: Txt2Img, widgets: GenerationWidgets, progress: gr.Progress
+) -> Iterator[dict[Any, Any]]:
+    """Run the job in a worker thread and show its steps, ETA and preview until it ends."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = engine.generate(job_request, job=job, preview_every=PREVIEW_EVERY, save=True)
+        except Exception as exc:  # handed to the page below as a message
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"job-{job.id[:8]}", daemon=True)
+    started = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        worker.join(POLL_SECONDS)
+        if job.state == "running" and job.total:
+            progress((job.step, job.total), desc=f"Step {job.step}/{job.total}")
+            shown = [*job.images, *([job.preview] if job.preview is not None else [])]
+            yield {widgets.results: shown, widgets.status: _status(job, started)}
+        else:
+            yield {widgets.status: "Waiting for the GPU: another job is running."}
+    error = outcome.get("error")
+    if isinstance(error, Interrupted):
+        yield {widgets.results: [], widgets.status: f"Stopped at step {job.step} of {job.total}; nothing was kept."}
+        return
+    if isinstance(error, AtelierError):
+        raise gr.Error(str(error))
+    if error is not None:
+        raise error
+    yield _finished(outcome["result"], widgets, time.perf_counter() - started)
+
+
+def _status(job: Job, started: float) -> str:
+    elapsed = time.perf_counter() - started
+    done = job.step / job.total if job.total else 0
+    eta = elapsed / done - elapsed if done else 0
+    return f"Step {job.step}/{job.total} · {elapsed:.1f}s elapsed · about {eta:.0f}s left"
+
+
+def _finished(result: Result, widgets: GenerationWidgets, seconds: float) -> dict[Any, Any]:
+    shown = [str(p) for p in result.paths] if len(result.paths) == len(result.images) else result.images
+    paths = result.paths if len(result.paths) == len(result.seeds) else [None] * len(result.seeds)
+    entries = [
+        {
+            "path": str(path) if path else None,
+            "seed": seed,
+            "infotext": text,
+            "fields": result.request.fields() | {"seed": seed},
+        }
+        for path, seed, text in zip(paths, result.seeds, result.infotexts, strict=True)
+    ]
+    notes = "".join(f"\n\n⚠️ {note}" for note in result.notes)
+    status = f"Done in {seconds:.1f}s · seeds {', '.join(map(str, result.seeds))}{notes}"
+    return {
+        widgets.results: shown, widgets.infotext: result.infotexts[0] if result.infotexts else "",
+        widgets.status: status, widgets.session: entries, widgets.selected: 0,
+    }  # fmt: skip

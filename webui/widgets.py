@@ -1,0 +1,128 @@
+"""Widgets every generation tab has, built by one function and mapped to request fields by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from pipelines import samplers
+from pipelines.engine import Engine
+
+TOKEN_WINDOW = 75  # CLIP's 77 positions minus the start and end markers
+
+
+@dataclass
+class GenerationWidgets:
+    """The shared controls of one tab. ``fields`` maps request field names to their widgets."""
+
+    mode: str
+    fields: dict[str, gr.components.Component]
+    generate: gr.Button
+    stop: gr.Button
+    dice: gr.Button
+    recycle: gr.Button
+    prompt_tokens: gr.Markdown
+    negative_tokens: gr.Markdown
+    results: gr.Gallery
+    infotext: gr.Textbox
+    status: gr.Markdown
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+    reuse_seed: gr.Button
+    reuse_all: gr.Button
+    session: gr.State  # the last result of this tab: [{"path", "seed", "infotext", "fields"}, ...]
+    selected: gr.State  # index of the result picked in the results gallery
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def token_text(engine: Engine, text: str) -> str:
+    count = engine.count_tokens(text or "")
+    if count > TOKEN_WINDOW:
+        return f"<span class='tokens over'>{count}/{TOKEN_WINDOW} tokens: words past {TOKEN_WINDOW} are cut</span>"
+    return f"<span class='tokens'>{count}/{TOKEN_WINDOW} tokens</span>"
+
+
+def build_prompt_boxes(engine: Engine, mode: str) -> tuple[gr.Textbox, gr.Textbox, gr.Markdown, gr.Markdown]:
+    prompt = gr.Textbox(
+        label="Prompt", lines=3, placeholder="a watercolor fox in a snowy forest", elem_id=f"{mode}-prompt"
+    )
+    prompt_tokens = gr.Markdown(token_text(engine, ""), elem_classes=["token-counter"])
+    negative = gr.Textbox(
+        label="Negative prompt", lines=2, placeholder="blurry, low quality", elem_id=f"{mode}-negative"
+    )
+    negative_tokens = gr.Markdown(token_text(engine, ""), elem_classes=["token-counter"])
+    prompt.change(lambda text: token_text(engine, text), prompt, prompt_tokens, queue=False, show_progress="hidden")
+    negative.change(
+        lambda text: token_text(engine, text), negative, negative_tokens, queue=False, show_progress="hidden"
+    )
+    return prompt, negative, prompt_tokens, negative_tokens
+
+
+def build_sampling_controls(native_size: int, mode: str) -> dict[str, gr.components.Component]:
+    with gr.Row():
+        sampler = gr.Dropdown(samplers.sampler_names(), value=samplers.DEFAULT_SAMPLER, label="Sampler", scale=2)
+        schedule = gr.Dropdown(list(samplers.SCHEDULE_TYPES), value=samplers.DEFAULT_SCHEDULE, label="Schedule type")
+    with gr.Row():
+        steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
+        cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
+    with gr.Row():
+        width = gr.Slider(64, 2048, value=native_size, step=8, label="Width", elem_id=f"{mode}-width")
+        height = gr.Slider(64, 2048, value=native_size, step=8, label="Height", elem_id=f"{mode}-height")
+    with gr.Row():
+        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count")
+        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+    return {
+        "sampler_name": sampler,
+        "schedule_type": schedule,
+        "steps": steps,
+        "cfg_scale": cfg,
+        "width": width,
+        "height": height,
+        "batch_count": batch_count,
+        "batch_size": batch_size,
+    }
+
+
+def build_generation_widgets(engine: Engine, mode: str, mode_controls: Any = None) -> GenerationWidgets:
+    """Prompt boxes, sampling controls, seed, Generate/Stop and the results panel of one tab.
+
+    ``mode_controls`` builds the tab's own controls (init image, mask ...) in the left column and
+    returns ``{request_field: widget}``.
+    """
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            prompt, negative, prompt_tokens, negative_tokens = build_prompt_boxes(engine, mode)
+            fields: dict[str, gr.components.Component] = {"prompt": prompt, "negative_prompt": negative}
+            if mode_controls is not None:
+                fields |= mode_controls()
+            with gr.Accordion("Sampling", open=True):
+                fields |= build_sampling_controls(engine.native_size(), mode)
+                with gr.Row(equal_height=True):
+                    fields["seed"] = gr.Number(-1, label="Seed (-1: random)", precision=0, scale=4, minimum=-1)
+                    dice = gr.Button("🎲", scale=0, min_width=48, elem_classes=["tool-button"])
+                    recycle = gr.Button("♻️", scale=0, min_width=48, elem_classes=["tool-button"])
+                fields["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
+        with gr.Column(scale=6):
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{mode}-generate")
+                stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{mode}-stop")
+            status = gr.Markdown("", elem_classes=["job-status"], elem_id=f"{mode}-status")
+            results = gr.Gallery(
+                label="Results", columns=2, height="auto", object_fit="contain", interactive=False,
+                elem_id=f"{mode}-results",
+            )  # fmt: skip
+            infotext = gr.Textbox(
+                label="Parameters", lines=4, interactive=False, buttons=["copy"], elem_id=f"{mode}-infotext"
+            )
+            with gr.Row():
+                send_img2img = gr.Button("Send to Image to Image", size="sm")
+                send_inpaint = gr.Button("Send to Inpaint", size="sm")
+                reuse_seed = gr.Button("Reuse seed", size="sm")
+                reuse_all = gr.Button("Reuse all parameters", size="sm")
+    dice.click(lambda: -1, None, fields["seed"], queue=False, show_progress="hidden")
+    return GenerationWidgets(
+        mode, fields, generate, stop, dice, recycle, prompt_tokens, negative_tokens, results, infotext, status,
+        send_img2img, send_inpaint, reuse_seed, reuse_all, gr.State([]), gr.State(0),
+    )  # fmt: skip
