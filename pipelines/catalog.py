@@ -7,6 +7,7 @@ never reaches outside the models folder.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -29,11 +30,14 @@ class ModelEntry:
     size_bytes: int | None = None
     refused: str = ""  # why this entry cannot be loaded; empty when it can
     native_size: int = 0  # known before download for curated hub models; 0 = read it from the config
+    cached: bool = False  # a hub model already in the local Hugging Face cache
 
     @property
     def title(self) -> str:
         if self.source == "builtin":
             return "Atelier demo (built in, no download)"
+        if self.source == "hub" and self.cached:
+            return f"{self.name} (downloaded)"
         if self.source == "hub" and self.size_bytes:
             return f"{self.name} (download ~{self.size_bytes / 1e9:.1f} GB)"
         return self.name
@@ -50,6 +54,14 @@ CURATED_HUB: tuple[ModelEntry, ...] = tuple(
         ("stabilityai/sdxl-turbo", 6_940_000_000, 512),
     )
 )
+
+
+def with_cache_state(entry: ModelEntry) -> ModelEntry:
+    """The entry marked ``cached`` when its files are already in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(entry.location, "model_index.json")
+    return dataclasses.replace(entry, cached=isinstance(found, str))
 
 
 def list_local(models_dir: Path) -> list[ModelEntry]:

@@ -91,7 +91,8 @@ class Engine:
     # -- what is available -----------------------------------------------------------------
     def list_models(self) -> list[catalog.ModelEntry]:
         builtin = catalog.ModelEntry(catalog.BUILTIN_DEMO, "builtin", catalog.BUILTIN_DEMO)
-        return [builtin, *catalog.list_local(self.settings.models_dir), *catalog.CURATED_HUB]
+        hub = [catalog.with_cache_state(entry) for entry in catalog.CURATED_HUB]
+        return [builtin, *catalog.list_local(self.settings.models_dir), *hub]
 
     @property
     def default_model(self) -> str:

@@ -115,21 +115,30 @@ def test_unreachable_hub_fails_fast(engine: Engine, monkeypatch: pytest.MonkeyPa
     assert time.perf_counter() - started < 15
 
 
+def _fake_hf_cache(hub: Path, repo: str, folder: Path) -> None:
+    """The layout huggingface_hub writes: models--org--name/snapshots/<rev> plus refs/main."""
+    repo_dir = hub / ("models--" + repo.replace("/", "--"))
+    (repo_dir / "snapshots").mkdir(parents=True)
+    (repo_dir / "snapshots" / ("0" * 40)).symlink_to(folder, target_is_directory=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("0" * 40)
+
+
 def test_hub_id_in_the_hf_home_cache_loads_offline(tmp_path: Path, demo_folder: Path) -> None:
-    """A repo already in the standard cache (HF_HOME) loads with the hub unreachable."""
-    snapshot = tmp_path / "hf" / "hub" / "models--atelier-test--tiny" / "snapshots" / ("0" * 40)
-    snapshot.parent.mkdir(parents=True)
-    snapshot.symlink_to(demo_folder, target_is_directory=True)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    """A repo already in the standard cache (HF_HOME) loads with the hub unreachable, and the
+    picker marks a curated model found there as downloaded."""
+    _fake_hf_cache(tmp_path / "hf" / "hub", "atelier-test/tiny", demo_folder)
+    _fake_hf_cache(tmp_path / "hf" / "hub", "stabilityai/sd-turbo", demo_folder)
     script = (
-        "from pipelines.engine import Engine; from pipelines.requests import Txt2Img; "
-        "r = Engine().generate(Txt2Img(model='atelier-test/tiny', steps=2, width=64, height=64)); "
-        "print('OK', r.model, r.images[0].size)"
+        "from pipelines.engine import Engine; from pipelines.requests import Txt2Img; e = Engine(); "
+        "r = e.generate(Txt2Img(model='atelier-test/tiny', steps=2, width=64, height=64)); "
+        "print('OK', r.model, r.images[0].size); print([m.title for m in e.list_models()])"
     )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
     assert "OK atelier-test/tiny (64, 64)" in done.stdout, done.stderr[-2000:]
+    assert "stabilityai/sd-turbo (downloaded)" in done.stdout
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5 (download ~2.1 GB)" in done.stdout
 
 
 def test_mode_views_share_every_module_and_switch_in_milliseconds(engine: Engine) -> None:
