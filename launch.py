@@ -116,6 +116,7 @@ def _warm_up(engine: Any) -> None:
     """Load the default model after the page is up, so the first Generate does not wait for it."""
     try:
         engine.load()
+        engine.count_tokens("")  # builds the tokenizer the prompt counters use
     except Exception as exc:  # the page shows the same error when the user generates
         log.error("could not load the default model %s: %s", engine.default_model, exc)
 

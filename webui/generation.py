@@ -174,6 +174,8 @@ def _stream(
             progress((job.step, job.total), desc=f"Step {job.step}/{job.total}")
             shown = [*job.images, *([job.preview] if job.preview is not None else [])]
             yield {widgets.results: shown, widgets.status: _status(job, started)}
+        elif engine.current_job is job:
+            yield {widgets.status: "Loading the model…"}
         else:
             yield {widgets.status: "Waiting for the GPU: another job is running."}
     error = outcome.get("error")

@@ -38,7 +38,9 @@ class GenerationWidgets:
 
 
 def token_text(engine: Engine, text: str) -> str:
-    count = engine.count_tokens(text or "")
+    if not text:  # the empty boxes of a fresh page: no need to build the tokenizer before serving
+        return f"<span class='tokens'>0/{TOKEN_WINDOW} tokens</span>"
+    count = engine.count_tokens(text)
     if count > TOKEN_WINDOW:
         return f"<span class='tokens over'>{count}/{TOKEN_WINDOW} tokens: words past {TOKEN_WINDOW} are cut</span>"
     return f"<span class='tokens'>{count}/{TOKEN_WINDOW} tokens</span>"
