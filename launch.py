@@ -79,6 +79,7 @@ def build_engine(args: argparse.Namespace) -> Any:
 def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
     """Build everything and start the server; returns the Gradio app (for tests and benches)."""
     import webui
+    from presets.store import PresetLibrary
     from webui.app import CSS
     from webui.state import SettingsStore
 
@@ -88,7 +89,10 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
         log.warning("--share/--listen without --auth: ANYONE who can reach this server can use it and see your images")
         log.warning("!" * 72)
     engine = build_engine(args)
-    app = webui.build_app(engine, SettingsStore(args.data_dir))
+    library = PresetLibrary(args.data_dir)
+    if library.problem:
+        log.error(library.problem)
+    app = webui.build_app(engine, SettingsStore(args.data_dir), library)
     if args.api:
         log.warning("--api: the REST API is not available in this version yet; the Gradio endpoints are")
     app.queue(max_size=args.queue_size, default_concurrency_limit=4)
@@ -115,8 +119,8 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
 def _warm_up(engine: Any) -> None:
     """Load the default model after the page is up, so the first Generate does not wait for it."""
     try:
+        engine.count_tokens("")  # first: the prompt counters need the tokenizer as soon as one types
         engine.load()
-        engine.count_tokens("")  # builds the tokenizer the prompt counters use
     except Exception as exc:  # the page shows the same error when the user generates
         log.error("could not load the default model %s: %s", engine.default_model, exc)
 

@@ -84,6 +84,7 @@ class Engine:
         self.limits = Limits(max_pixels=self._pixel_budget())
         self.current_job: Job | None = None
         self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
         self._device_lock = threading.Lock()  # one generation on the device at a time
         if warning := self.settings.offload_warning():
             log.warning(warning)
@@ -118,8 +119,9 @@ class Engine:
 
         Every supported family uses CLIP's BPE vocabulary, so this needs no loaded model.
         """
-        if self._tokenizer is None:
-            self._tokenizer = loading.clip_tokenizer()
+        with self._tokenizer_lock:  # the page asks from many threads; build it once
+            if self._tokenizer is None:
+                self._tokenizer = loading.clip_tokenizer()
         return len(self._tokenizer(text, add_special_tokens=False).input_ids)
 
     def native_size(self, name: str = "") -> int:

@@ -36,7 +36,9 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
 
     SD 1.x and SDXL pad with ``<|endoftext|>``; SD 2.x (OpenCLIP) pads with ``!``.
     """
-    from transformers import CLIPTokenizer
+    # The submodule, not the lazy top-level name: the page asks for this from several threads at
+    # once, and transformers' lazy module is not safe to resolve concurrently.
+    from transformers.models.clip.tokenization_clip import CLIPTokenizer
 
     lines = gzip.decompress(_CLIP_VOCAB.read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
@@ -68,7 +70,8 @@ def build_demo(dtype: torch.dtype = torch.float32) -> Any:
     single-file export of it loads back through the ordinary checkpoint path.
     """
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers.models.clip.configuration_clip import CLIPTextConfig
+    from transformers.models.clip.modeling_clip import CLIPTextModel
 
     folder = CONFIGS_DIR / "demo"
     generator_state = torch.random.get_rng_state()

@@ -140,6 +140,36 @@ def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) 
     assert np.abs(out[58:70, 50:78] - np.array(BLUE)).mean() > 10, "nothing was redrawn under the stroke"
 
 
+def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, server: str) -> None:
+    page.get_by_label("Prompt", exact=True).first.fill("a quiet harbour")
+    page.locator("#txt2img-seed input").fill("1234")
+    page.locator("#txt2img-steps input[type=number]").fill("33")
+    page.locator("#txt2img-steps input[type=number]").press("Enter")
+    page.locator("#txt2img-presets").get_by_text("Styles and negative presets").click()
+    page.locator("#txt2img-styles input").click()
+    page.get_by_role("option", name="Watercolor").click()
+    page.locator("#txt2img-saved-settings").get_by_text("Saved settings").first.click()
+    page.locator("#txt2img-preset-name textarea, #txt2img-preset-name input").first.fill("harbour night")
+    page.locator("#txt2img-save-preset").click()
+    page.get_by_text("Saved “harbour night”.").wait_for(timeout=15_000)
+    _shot(page, "06-preset-saved")
+
+    page.reload()
+    page.wait_for_selector("#txt2img-generate", timeout=60_000)
+    assert page.get_by_label("Prompt", exact=True).first.input_value() == ""
+    page.locator("#txt2img-saved-settings").get_by_text("Saved settings").first.click()
+    page.locator("#txt2img-saved input").click()
+    page.get_by_role("option", name="harbour night").click()
+    page.locator("#txt2img-load-preset").click()
+    page.get_by_text("Loaded “harbour night”.").wait_for(timeout=15_000)
+    assert page.get_by_label("Prompt", exact=True).first.input_value() == "a quiet harbour"
+    assert page.locator("#txt2img-seed input").input_value() == "1234"
+    assert page.locator("#txt2img-steps input[type=number]").input_value() == "33"
+    page.locator("#txt2img-presets").get_by_text("Styles and negative presets").click()
+    page.locator("#txt2img-final-prompt").get_by_text("watercolor painting of a quiet harbour").wait_for(timeout=10_000)
+    _shot(page, "07-preset-loaded")
+
+
 def test_auth_refuses_a_wrong_password_and_accepts_the_right_one(tmp_path: Path) -> None:
     app, url = _serve(tmp_path, "--auth", "artist:s3cret")
     try:

@@ -16,9 +16,11 @@ from PIL import Image, ImageDraw
 from pipelines.engine import Engine
 from pipelines.outputs import read_metadata
 from pipelines.settings import EngineSettings
-from webui.app import TAB_LABELS, Studio, build_studio, fill_fields
+from presets.store import PresetLibrary
+from webui.app import TAB_LABELS, Studio, build_studio
 from webui.gallery_tab import show_page
 from webui.generation import request_from
+from webui.presets_ui import fill_fields
 from webui.settings_tab import apply_settings
 from webui.state import JobBoard, SettingsStore, UiSettings
 from webui.widgets import token_text
@@ -32,15 +34,16 @@ def no_progress(*args: Any, **kwargs: Any) -> None:
 def studio(tmp_path_factory: pytest.TempPathFactory) -> Studio:
     root = tmp_path_factory.mktemp("studio")
     engine = Engine(EngineSettings(models_dir=root / "models", outputs_dir=root / "outputs"))
-    return build_studio(engine, SettingsStore(root / "data"))
+    return build_studio(engine, SettingsStore(root / "data"), PresetLibrary(root / "data"))
 
 
 def run(studio: Studio, mode: str, session: str = "s1", model: str = "", **values: Any) -> list[dict[Any, Any]]:
     """Call a tab's Generate handler like Gradio does: widget -> value, then drain its updates."""
     widgets = studio.tabs[mode]
+    presets = {widgets.presets.styles: values.pop("styles", []), widgets.presets.negatives: values.pop("negatives", [])}
     data = {widget: widget.value for widget in widgets.fields.values()}
     data |= {widgets.fields[name]: value for name, value in values.items()}
-    data[studio.top.model] = model
+    data |= presets | {studio.top.model: model}
     return list(studio.handlers[mode](data, gr.Request(session_hash=session), no_progress))
 
 

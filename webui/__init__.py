@@ -1,6 +1,7 @@
 """Atelier's Gradio page: thin front doors onto the engine in ``pipelines``.
 
-``build_app(engine, settings_store)`` is imported lazily so that ``import webui`` stays cheap.
+``build_app(engine, settings_store, preset_library)`` is imported lazily so that ``import webui``
+stays cheap.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def build_app(engine: Any, settings: Any) -> Any:
+def build_app(engine: Any, settings: Any, library: Any) -> Any:
     from .app import build_app as build
 
-    return build(engine, settings)
+    return build(engine, settings, library)

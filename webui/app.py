@@ -9,13 +9,17 @@ import gradio as gr
 
 from pipelines.engine import Engine
 from pipelines.outputs import read_metadata
+from presets.store import PresetLibrary
 
 from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
 from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
+from .presets_tab import PresetsTab, build_presets_tab
+from .presets_ui import fill_fields, negative_names, register_preset_api, saved_names, style_names, wire_saved_settings
 from .settings_tab import THEME_JS, apply_settings, build_settings_tab, loaded_table
 from .state import JobBoard, SettingsStore
 from .widgets import GenerationWidgets
 
+PUBLIC_ENDPOINTS = ("txt2img", "img2img", "inpaint", "list_presets", "save_preset", "apply_preset", "delete_preset")
 TAB_LABELS = ("Text to Image", "Image to Image", "Inpaint", "Gallery", "Presets", "PNG Info", "Settings")
 CSS = """
 .token-counter { text-align: right; font-size: 0.8em; opacity: 0.7; }
@@ -69,35 +73,37 @@ class Studio:
     handlers: dict[str, Any]
 
 
-def build_app(engine: Engine, settings: SettingsStore) -> gr.Blocks:
+def build_app(engine: Engine, settings: SettingsStore, library: PresetLibrary) -> gr.Blocks:
     """The whole page. ``launch.py`` builds the engine and passes it in; nothing here loads a model."""
-    return build_studio(engine, settings).app
+    return build_studio(engine, settings, library).app
 
 
-def build_studio(engine: Engine, settings: SettingsStore) -> Studio:
+def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary) -> Studio:
     apply_settings(engine, settings.load())
     jobs = JobBoard()
     with gr.Blocks(title="Atelier") as app:
         top = build_top_bar(engine)
         with gr.Tabs() as tabs:
             with gr.Tab(TAB_LABELS[0], id="txt2img"):
-                txt2img = build_txt2img_tab(engine)
+                txt2img = build_txt2img_tab(engine, library)
             with gr.Tab(TAB_LABELS[1], id="img2img"):
-                img2img = build_img2img_tab(engine)
+                img2img = build_img2img_tab(engine, library)
             with gr.Tab(TAB_LABELS[2], id="inpaint"):
-                inpaint = build_inpaint_tab(engine)
+                inpaint = build_inpaint_tab(engine, library)
             with gr.Tab(TAB_LABELS[3], id="gallery") as gallery_tab:
                 gallery = build_gallery_tab(engine)
             with gr.Tab(TAB_LABELS[4], id="presets"):
-                build_presets_tab()
+                presets_tab = build_presets_tab(library)
             with gr.Tab(TAB_LABELS[5], id="pnginfo"):
                 build_png_info_tab()
             with gr.Tab(TAB_LABELS[6], id="settings") as settings_tab:
                 theme, cache_table = build_settings_tab(engine, settings)
         generation_tabs = {w.mode: w for w in (txt2img, img2img, inpaint)}
-        handlers = {mode: wire_generation(engine, jobs, w, top.model) for mode, w in generation_tabs.items()}
+        handlers = {mode: wire_generation(engine, library, jobs, w, top.model) for mode, w in generation_tabs.items()}
         for widgets in generation_tabs.values():
             _wire_results(widgets, img2img, inpaint, tabs)
+        refresh_pickers, pickers = _wire_presets(library, generation_tabs, presets_tab, top.model)
+        app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
         _wire_gallery_actions(gallery, txt2img, img2img, inpaint, tabs)
         _wire_top_bar(engine, top, tuple(generation_tabs.values()))
         listing = [gallery.images, gallery.page, gallery.info]
@@ -106,8 +112,29 @@ def build_studio(engine: Engine, settings: SettingsStore) -> Studio:
         app.load(None, theme, None, js=THEME_JS)
         app.load(lambda: device_text(engine), None, top.device, show_progress="hidden")
         gr.Timer(5).tick(lambda: device_text(engine), None, top.device, show_progress="hidden", queue=False)
-    _keep_private(app, public=("txt2img", "img2img", "inpaint"))
+    _keep_private(app, public=PUBLIC_ENDPOINTS)
     return Studio(app, engine, jobs, top, generation_tabs, gallery, handlers)
+
+
+def _wire_presets(
+    library: PresetLibrary, generation_tabs: dict[str, GenerationWidgets], presets_tab: PresetsTab, model: gr.Dropdown
+) -> tuple[Any, list[gr.Dropdown]]:
+    """Saved settings in every tab, the script endpoints, and pickers that follow the Presets tab."""
+    saved_pickers = [w.presets.saved for w in generation_tabs.values()]
+    for mode, widgets in generation_tabs.items():
+        wire_saved_settings(library, mode, widgets.presets, widgets.fields, model, saved_pickers)
+    register_preset_api(library)
+    flat = [(w.presets.styles, style_names) for w in generation_tabs.values()]
+    flat += [(w.presets.negatives, negative_names) for w in generation_tabs.values()]
+    flat += [(picker, saved_names) for picker in saved_pickers]
+
+    def refresh() -> list[Any]:
+        return [gr.Dropdown(choices=names(library)) for _, names in flat]
+
+    outputs = [picker for picker, _ in flat]
+    for event in presets_tab.changed:
+        event.then(refresh, None, outputs)
+    return refresh, outputs
 
 
 def _keep_private(app: gr.Blocks, public: tuple[str, ...]) -> None:
@@ -175,17 +202,6 @@ def _wire_results(
         )
 
 
-def fill_fields(widgets: dict[str, gr.components.Component], fields: dict[str, Any]) -> list[Any]:
-    """New values for ``widgets`` from saved request fields, by name; unknown or missing ones stay."""
-    values = []
-    for name in widgets:
-        value = fields.get(name, gr.skip())
-        if name == "only_masked" and isinstance(value, bool):
-            value = "Only masked" if value else "Whole picture"
-        values.append(value)
-    return values
-
-
 def _wire_gallery_actions(
     gallery: GalleryWidgets,
     txt2img: GenerationWidgets,
@@ -207,14 +223,6 @@ def _wire_gallery_actions(
             gallery.selected_path,
             [target.fields["init_image"], tabs],
         )
-
-
-def build_presets_tab() -> None:
-    gr.Markdown(
-        "### Presets\nPrompt styles, negative-prompt presets and saved settings are coming to this tab. Until "
-        "then, **Reuse all parameters** under any result, or **Reuse parameters** in the Gallery, brings back every "
-        "setting of an image."
-    )
 
 
 def build_png_info_tab() -> None:

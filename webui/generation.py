@@ -14,6 +14,7 @@ from PIL import Image
 from pipelines.engine import Engine, Job, Result
 from pipelines.errors import AtelierError, Interrupted
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
+from presets.store import PresetError, PresetLibrary
 
 from .state import JobBoard
 from .widgets import GenerationWidgets, build_generation_widgets
@@ -23,11 +24,11 @@ POLL_SECONDS = 0.3
 PREVIEW_EVERY = 3
 
 
-def build_txt2img_tab(engine: Engine) -> GenerationWidgets:
-    return build_generation_widgets(engine, "txt2img")
+def build_txt2img_tab(engine: Engine, library: PresetLibrary) -> GenerationWidgets:
+    return build_generation_widgets(engine, library, "txt2img")
 
 
-def build_img2img_tab(engine: Engine) -> GenerationWidgets:
+def build_img2img_tab(engine: Engine, library: PresetLibrary) -> GenerationWidgets:
     def controls() -> dict[str, Any]:
         image = gr.Image(
             label="Image", type="pil", sources=["upload", "clipboard"], height=320, elem_id="img2img-image"
@@ -36,12 +37,12 @@ def build_img2img_tab(engine: Engine) -> GenerationWidgets:
         resize = gr.Radio(list(RESIZE_MODES), value="just resize", label="Resize mode")
         return {"init_image": image, "denoising_strength": strength, "resize_mode": resize}
 
-    widgets = build_generation_widgets(engine, "img2img", controls)
+    widgets = build_generation_widgets(engine, library, "img2img", controls)
     _size_follows_image(widgets, widgets.fields["init_image"])
     return widgets
 
 
-def build_inpaint_tab(engine: Engine) -> GenerationWidgets:
+def build_inpaint_tab(engine: Engine, library: PresetLibrary) -> GenerationWidgets:
     def controls() -> dict[str, Any]:
         editor = gr.ImageEditor(
             label="Image: paint over what to redraw",
@@ -70,7 +71,7 @@ def build_inpaint_tab(engine: Engine) -> GenerationWidgets:
             "only_masked": area, "only_masked_padding": padding, "masked_content": content, "invert_mask": invert,
         }  # fmt: skip
 
-    widgets = build_generation_widgets(engine, "inpaint", controls)
+    widgets = build_generation_widgets(engine, library, "inpaint", controls)
     _size_follows_image(widgets, widgets.fields["init_image"])
     return widgets
 
@@ -119,7 +120,7 @@ def _editor_images(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
 
 
 def wire_generation(
-    engine: Engine, jobs: JobBoard, widgets: GenerationWidgets, model_picker: gr.Dropdown
+    engine: Engine, library: PresetLibrary, jobs: JobBoard, widgets: GenerationWidgets, model_picker: gr.Dropdown
 ) -> Callable[..., Iterator[dict[Any, Any]]]:
     """Connect Generate and Stop of one tab; every tab shares the single GPU slot."""
     outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected]
@@ -129,9 +130,14 @@ def wire_generation(
     ) -> Iterator[dict[Any, Any]]:
         values = {name: data[widget] for name, widget in widgets.fields.items()}
         try:
+            # Chosen styles and negative presets apply here, as the preview above Generate shows.
+            values["prompt"], values["negative_prompt"] = library.compose(
+                values["prompt"] or "", values["negative_prompt"] or "",
+                data[widgets.presets.styles] or [], data[widgets.presets.negatives] or [],
+            )  # fmt: skip
             job_request = request_from(widgets.mode, values | {"model": data[model_picker] or ""})
             job_request.checked(engine.limits)
-        except AtelierError as exc:
+        except (AtelierError, PresetError) as exc:
             raise gr.Error(str(exc)) from exc
         session = request.session_hash or "anonymous"
         job = jobs.start(session)
@@ -142,7 +148,8 @@ def wire_generation(
             jobs.finish(session, job)
 
     widgets.generate.click(
-        run, inputs={model_picker, *widgets.fields.values()}, outputs=outputs,
+        run, inputs={model_picker, widgets.presets.styles, widgets.presets.negatives, *widgets.fields.values()},
+        outputs=outputs,
         concurrency_limit=1, concurrency_id="gpu", api_name=widgets.mode, show_progress="minimal",
     )  # fmt: skip
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from pipelines import samplers
 from pipelines.engine import Engine
+from presets.store import PresetLibrary
+
+from .presets_ui import PresetControls, build_preset_controls, wire_style_controls
 
 TOKEN_WINDOW = 75  # CLIP's 77 positions minus the start and end markers
 
@@ -34,7 +37,7 @@ class GenerationWidgets:
     reuse_all: gr.Button
     session: gr.State  # the last result of this tab: [{"path", "seed", "infotext", "fields"}, ...]
     selected: gr.State  # index of the result picked in the results gallery
-    extra: dict[str, Any] = field(default_factory=dict)
+    presets: PresetControls
 
 
 def token_text(engine: Engine, text: str) -> str:
@@ -67,7 +70,7 @@ def build_sampling_controls(native_size: int, mode: str) -> dict[str, gr.compone
         sampler = gr.Dropdown(samplers.sampler_names(), value=samplers.DEFAULT_SAMPLER, label="Sampler", scale=2)
         schedule = gr.Dropdown(list(samplers.SCHEDULE_TYPES), value=samplers.DEFAULT_SCHEDULE, label="Schedule type")
     with gr.Row():
-        steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
+        steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id=f"{mode}-steps")
         cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
     with gr.Row():
         width = gr.Slider(64, 2048, value=native_size, step=8, label="Width", elem_id=f"{mode}-width")
@@ -87,7 +90,9 @@ def build_sampling_controls(native_size: int, mode: str) -> dict[str, gr.compone
     }
 
 
-def build_generation_widgets(engine: Engine, mode: str, mode_controls: Any = None) -> GenerationWidgets:
+def build_generation_widgets(
+    engine: Engine, library: PresetLibrary, mode: str, mode_controls: Any = None
+) -> GenerationWidgets:
     """Prompt boxes, sampling controls, seed, Generate/Stop and the results panel of one tab.
 
     ``mode_controls`` builds the tab's own controls (init image, mask ...) in the left column and
@@ -97,12 +102,16 @@ def build_generation_widgets(engine: Engine, mode: str, mode_controls: Any = Non
         with gr.Column(scale=5):
             prompt, negative, prompt_tokens, negative_tokens = build_prompt_boxes(engine, mode)
             fields: dict[str, gr.components.Component] = {"prompt": prompt, "negative_prompt": negative}
+            presets = build_preset_controls(library, mode)
+            wire_style_controls(library, engine.count_tokens, presets, prompt, negative)
             if mode_controls is not None:
                 fields |= mode_controls()
             with gr.Accordion("Sampling", open=True):
                 fields |= build_sampling_controls(engine.native_size(), mode)
                 with gr.Row(equal_height=True):
-                    fields["seed"] = gr.Number(-1, label="Seed (-1: random)", precision=0, scale=4, minimum=-1)
+                    fields["seed"] = gr.Number(
+                        -1, label="Seed (-1: random)", precision=0, scale=4, minimum=-1, elem_id=f"{mode}-seed"
+                    )
                     dice = gr.Button("🎲", scale=0, min_width=48, elem_classes=["tool-button"])
                     recycle = gr.Button("♻️", scale=0, min_width=48, elem_classes=["tool-button"])
                 fields["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
@@ -126,5 +135,5 @@ def build_generation_widgets(engine: Engine, mode: str, mode_controls: Any = Non
     dice.click(lambda: -1, None, fields["seed"], queue=False, show_progress="hidden")
     return GenerationWidgets(
         mode, fields, generate, stop, dice, recycle, prompt_tokens, negative_tokens, results, infotext, status,
-        send_img2img, send_inpaint, reuse_seed, reuse_all, gr.State([]), gr.State(0),
+        send_img2img, send_inpaint, reuse_seed, reuse_all, gr.State([]), gr.State(0), presets,
     )  # fmt: skip
