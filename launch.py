@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
-    serve(args)
+    try:
+        serve(args)
+    except (ValueError, OSError) as exc:  # a bad flag value, a missing auth file, a busy port
+        raise SystemExit(f"atelier: {exc}") from exc
     return 0
 
 

@@ -8,6 +8,7 @@ never reaches outside the models folder.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path, PurePosixPath
 
 from .checkpoints import PICKLE_SUFFIXES
 from .errors import BadRequest, ModelUnavailable
+
+log = logging.getLogger(__name__)
 
 BUILTIN_DEMO = "builtin:demo"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -60,8 +63,10 @@ def with_cache_state(entry: ModelEntry) -> ModelEntry:
     """The entry marked ``cached`` when its files are already in the Hugging Face cache."""
     from huggingface_hub import try_to_load_from_cache
 
+    from .loading import snapshot_complete
+
     found = try_to_load_from_cache(entry.location, "model_index.json")
-    return dataclasses.replace(entry, cached=isinstance(found, str))
+    return dataclasses.replace(entry, cached=isinstance(found, str) and snapshot_complete(Path(found).parent))
 
 
 def list_local(models_dir: Path) -> list[ModelEntry]:
@@ -88,11 +93,18 @@ def list_local(models_dir: Path) -> list[ModelEntry]:
             path = folder / file
             suffix = path.suffix.lower()
             relative = path.relative_to(models_dir).as_posix()
+            if suffix not in (".safetensors", *PICKLE_SUFFIXES):
+                continue
+            try:
+                size = path.stat().st_size
+            except OSError as exc:  # a dangling link (an unplugged drive), an unreadable file
+                log.warning("skipping %s: %s", path, exc)
+                continue
             if suffix == ".safetensors":
-                entries.append(ModelEntry(relative, "single_file", str(path), path.stat().st_size))
-            elif suffix in PICKLE_SUFFIXES:
+                entries.append(ModelEntry(relative, "single_file", str(path), size))
+            else:
                 reason = "pickle checkpoint: not loaded for safety, convert it to .safetensors"
-                entries.append(ModelEntry(relative, "single_file", str(path), path.stat().st_size, refused=reason))
+                entries.append(ModelEntry(relative, "single_file", str(path), size, refused=reason))
         if seen >= _MAX_SCAN:
             break
     return sorted(entries, key=lambda entry: entry.name.lower())

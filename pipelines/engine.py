@@ -53,6 +53,7 @@ class Job:
     started: float = 0.0
     preview: Image.Image | None = None
     images: list[Image.Image] = field(default_factory=list)  # finished so far, for callers that poll
+    paths: list[Path] = field(default_factory=list)  # where finished images were saved, when they were
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def interrupt(self) -> None:
@@ -110,7 +111,7 @@ class Engine:
             "offload": self.settings.offload,
             "default_model": self.default_model,
             "loaded": [m.name for m in self.manager.loaded()],
-            "busy": self._device_lock.locked(),
+            "busy": self.busy,
             "stats": {name: vars(stats) for name, stats in self.manager.stats.items()},
         }
 
@@ -130,8 +131,19 @@ class Engine:
         return loading.native_size(entry)
 
     def load(self, name: str = "", progress: Callable[[int, int, str], None] | None = None) -> LoadedModel:
-        """Load a model ahead of use (e.g. when the user picks it), without running anything."""
-        return self.manager.get(name or self.default_model, progress)
+        """Load a model ahead of use (e.g. when the user picks it), without running anything.
+
+        A download runs right away; the load itself waits for the running job, since making room
+        may move that job's weights off the device.
+        """
+        name = name or self.default_model
+        self.manager.fetch(name, progress)
+        with self._device_lock:
+            return self.manager.get(name)
+
+    @property
+    def busy(self) -> bool:
+        return self._device_lock.locked()
 
     # -- generation ------------------------------------------------------------------------
     def generate(
@@ -146,6 +158,8 @@ class Engine:
         request, notes = request.checked(self.limits)
         job = job or Job()
         queued = time.perf_counter()
+        self.manager.fetch(request.model or self.default_model)  # downloads never hold the device
+        out_of_memory = ""
         with self._device_lock:
             self.current_job = job
             try:
@@ -154,17 +168,20 @@ class Engine:
                 job.state = "interrupted"
                 raise
             except torch.OutOfMemoryError as exc:
-                job.state = "failed"
-                self.manager.unload()  # the failed run's activations are gone; also drop cached models
-                raise OutOfMemory(
-                    f"the device ran out of memory at {request.width}x{request.height}, batch "
-                    f"{request.batch_size}: use a smaller size or batch, or start with --medvram"
-                ) from exc
+                job.state, out_of_memory = "failed", str(exc)
             except Exception:
                 job.state = "failed"
                 raise
             finally:
                 self.current_job = None
+            # Outside the except block, so the failed run's tensors (held by the traceback) are gone
+            # before memory is freed for the next job.
+            log.error("out of device memory: %s", out_of_memory)
+            self.manager.unload()
+            raise OutOfMemory(
+                f"the device ran out of memory at {request.width}x{request.height}, batch "
+                f"{request.batch_size}: use a smaller size or batch, or start with --medvram"
+            )
 
     def _run(
         self,
@@ -184,7 +201,7 @@ class Engine:
         request = self._sized(request, model)
         first_seed = request.seed if request.seed != -1 else random.randint(0, 2**32 - 1)
         seeds = [(first_seed + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
-        job.state, job.started, job.step, job.images = "running", time.perf_counter(), 0, []
+        job.state, job.started, job.step, job.images, job.paths = "running", time.perf_counter(), 0, [], []
         job.total = max(1, _steps_per_batch(request)) * request.batch_count
         self._set_vae_tiling(model, request)
         texts = [
@@ -195,7 +212,9 @@ class Engine:
             span = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
             finished = self._denoise(model, request, seeds[span], job, on_progress, preview_every)
             if save:
-                paths += self._save(finished, texts[span], seeds[span], request, model, notes)
+                saved = self._save(finished, texts[span], seeds[span], request, model, notes)
+                paths += saved
+                job.paths += saved
             job.images += finished
         job.state = "done"
         finished = time.perf_counter()
@@ -235,11 +254,14 @@ class Engine:
         scheduler = samplers.build_scheduler(model.pipe.scheduler.config, request.sampler_name, request.schedule_type)
         pipe = self.manager.view(model, request.mode, scheduler)
         done_before = job.step
+        per_batch = max(1, _steps_per_batch(request))
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if job.interrupted:
                 pipeline._interrupt = True  # diffusers' documented way to leave the denoising loop
-            job.step = done_before + step + 1
+            # Second-order samplers (Heun, DPM2) and PLMS call back more than once per step.
+            calls = max(1, getattr(pipeline, "num_timesteps", per_batch) or per_batch)
+            job.step = done_before + min(per_batch, -(-(step + 1) * per_batch // calls))
             elapsed = time.perf_counter() - job.started
             eta = elapsed / job.step * (job.total - job.step) if job.step else 0.0
             if preview_every and job.step % preview_every == 0:
@@ -269,7 +291,9 @@ class Engine:
             original = images.fit(request.init_image, request.width, request.height, request.resize_mode)
             kwargs.update(image=original, strength=request.denoising_strength)
         if isinstance(request, Inpaint):
-            mask = images.prepare_mask(request.mask, request.width, request.height, request.invert_mask)
+            mask = images.prepare_mask(
+                request.mask, request.width, request.height, request.invert_mask, request.resize_mode
+            )
             soft_mask = images.blur_mask(mask, request.mask_blur)
             start = images.fill_masked(original, mask, request.masked_content, seeds[0])
             kwargs.update(image=start, mask_image=soft_mask)

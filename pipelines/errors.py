@@ -47,6 +47,7 @@ class OutOfMemory(AtelierError):
 
 
 class Interrupted(AtelierError):
-    """The job was stopped by its owner; no images are returned."""
+    """The job was stopped by its owner. The unfinished batch is discarded; batches that finished
+    before the stop are in ``job.images`` (and saved, when saving was asked for)."""
 
     http_status = 409

@@ -24,12 +24,23 @@ def fit(image: Image.Image, width: int, height: int, resize_mode: str) -> Image.
     return canvas
 
 
-def prepare_mask(mask: Image.Image, width: int, height: int, invert: bool) -> Image.Image:
-    """A greyscale mask at the output size, white = redraw. Empty masks are refused."""
+def prepare_mask(
+    mask: Image.Image, width: int, height: int, invert: bool, resize_mode: str = "just resize"
+) -> Image.Image:
+    """A greyscale mask at the output size, white = redraw, fitted like the picture it belongs to.
+    Empty masks are refused."""
     if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
         # A painted layer: the strokes are where alpha is set (Gradio's ImageEditor gives these).
         mask = mask.getchannel("A")
-    grey = mask.convert("L").resize((width, height), Image.Resampling.NEAREST)
+    grey = mask.convert("L")
+    if resize_mode == "crop and resize":
+        grey = ImageOps.fit(grey, (width, height), Image.Resampling.NEAREST)
+    elif resize_mode == "resize and fill":
+        inner = ImageOps.contain(grey, (width, height), Image.Resampling.NEAREST)
+        grey = Image.new("L", (width, height), 0)  # the stretched bands around the picture are kept
+        grey.paste(inner, ((width - inner.width) // 2, (height - inner.height) // 2))
+    else:
+        grey = grey.resize((width, height), Image.Resampling.NEAREST)
     if invert:
         grey = ImageOps.invert(grey)
     low, high = grey.getextrema()

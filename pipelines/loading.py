@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import Family, detect_family, read_header, refuse_pickle
+from .checkpoints import PICKLE_SUFFIXES, Family, detect_family, read_header, refuse_pickle
 from .errors import ModelRefused, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,13 @@ def load_folder(path: Path, dtype: torch.dtype) -> Any:
 
     if not (path / "model_index.json").is_file():
         raise ModelUnavailable(path.name, f"{path} has no model_index.json, so it is not a diffusers model folder")
-    pickles = [p.name for p in path.glob("*/*") if p.suffix in (".bin", ".ckpt", ".pt", ".pth")]
+    pickles = [p.name for p in path.glob("*/*") if p.suffix in PICKLE_SUFFIXES]
     if pickles and not list(path.glob("unet/*.safetensors")):
         raise ModelRefused(path.name, f"this folder only has pickle weights ({', '.join(pickles)}); use safetensors")
-    index = json.loads((path / "model_index.json").read_text())
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(path.name, f"its model_index.json cannot be read ({exc})") from exc
     auto = AutoPipelineForInpainting if "Inpaint" in index.get("_class_name", "") else AutoPipelineForText2Image
     kwargs = {"safety_checker": None} if "safety_checker" in index else {}
     try:
@@ -200,7 +203,7 @@ def load_hub(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None
     """
     from diffusers import AutoPipelineForText2Image
 
-    folder = _hub_snapshot(repo_id, dtype, progress)
+    folder = fetch_hub(repo_id, dtype, progress)
     variant = "fp16" if dtype == torch.float16 and list(Path(folder).glob("unet/*.fp16.safetensors")) else None
     try:
         return AutoPipelineForText2Image.from_pretrained(
@@ -210,13 +213,16 @@ def load_hub(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None
         raise ModelUnavailable(repo_id, f"the downloaded files could not be loaded: {exc}") from exc
 
 
-def _hub_snapshot(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None) -> str:
+def fetch_hub(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None = None) -> str:
+    """The local folder of a hub repo, downloading what is missing (only what ``dtype`` needs)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     patterns = _hub_patterns(dtype)
     try:
-        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        cached = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        if snapshot_complete(Path(cached)):
+            return cached
     except LocalEntryNotFoundError:
         pass
     hint = "put a .safetensors checkpoint or a diffusers folder in the models folder, or connect to the internet"
@@ -233,11 +239,39 @@ def _hub_snapshot(repo_id: str, dtype: torch.dtype, progress: DownloadProgress |
             done += size
         if progress:
             progress(total, total, "done")
-        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        if not snapshot_complete(Path(folder)):
+            raise ModelUnavailable(repo_id, "the download finished but files are missing; try again")
+        return folder
     except Exception as exc:  # the hub client raises many network error types; all mean "not reachable"
         if isinstance(exc, ModelUnavailable):
             raise
         raise ModelUnavailable(repo_id, f"downloading from the Hugging Face hub failed ({exc}); {hint}") from exc
+
+
+_WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def snapshot_complete(folder: Path) -> bool:
+    """Every component folder of a cached repo is there, with weights where weights belong.
+
+    huggingface_hub links files into a snapshot one at a time, so a dropped download leaves a
+    snapshot that looks cached but cannot load.
+    """
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        if name in ("safety_checker", "feature_extractor"):
+            continue
+        if not (folder / name).is_dir():
+            return False
+        if name in _WEIGHTED and not any((folder / name).glob("*.safetensors")):
+            return False
+    return True
 
 
 def _hub_patterns(dtype: torch.dtype) -> list[str]:

@@ -75,25 +75,43 @@ class PipelineManager:
         self.stats: dict[str, ModelStats] = {}
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.RLock()  # loads and evictions never race each other
+        self._hashes: dict[tuple[str, int, int], str] = {}  # hashing a 7 GB file once per session is enough
 
     # -- loading ---------------------------------------------------------------------------
+    def fetch(self, name: str, progress: loading.DownloadProgress | None = None) -> None:
+        """Download a hub model into the HF cache, holding no lock: a long download must not stall
+        generations of models that are already here."""
+        if name in self._models:
+            return
+        entry = catalog.resolve(name, self.settings.models_dir)
+        if entry.source == "hub":
+            loading.fetch_hub(entry.location, self.dtype, progress)
+
     def get(self, name: str, progress: loading.DownloadProgress | None = None) -> LoadedModel:
-        """The loaded model called ``name``, loading it (and evicting others) when needed."""
+        """The loaded model called ``name``, loading it (and evicting others) when needed.
+
+        Callers hold the engine's device lock: moving weights under a running job would break it.
+        """
         with self._lock:
-            stats = self.stats.setdefault(name, ModelStats())
             model = self._models.get(name)
             if model is not None:
-                stats.hits += 1
+                self.stats[name].hits += 1
                 self._models.move_to_end(name)
             else:
-                stats.misses += 1
                 started = time.perf_counter()
                 model = self._load(catalog.resolve(name, self.settings.models_dir), progress)
+                stats = self.stats.setdefault(name, ModelStats())  # only names that loaded get a row
+                stats.misses += 1
                 stats.load_seconds += time.perf_counter() - started
                 self._models[name] = model
             self._make_room(keep=name)
             if not model.on_device:
-                self._to_device(model)
+                try:
+                    self._to_device(model)
+                except torch.OutOfMemoryError:
+                    self._to_cpu(model)
+                    self._free()
+                    raise
             self._refresh_stats()
             return model
 
@@ -107,20 +125,32 @@ class PipelineManager:
         elif entry.source == "folder":
             pipe = loading.load_folder(Path(entry.location), self.dtype)
             family, inpainting = _family_of(pipe), pipe.unet.config.in_channels == 9
-            model_hash = _folder_hash(Path(entry.location))
+            model_hash = self._folder_hash(Path(entry.location))
         elif entry.source == "single_file":
             pipe, detected = loading.load_single_file(Path(entry.location), self.dtype)
             family, inpainting = detected.name, detected.inpainting
-            model_hash = file_hash(Path(entry.location))
+            model_hash = self._hash(Path(entry.location))
         else:
             pipe = loading.load_hub(entry.location, self.dtype, progress)
             family, inpainting = _family_of(pipe), pipe.unet.config.in_channels == 9
-            model_hash = _folder_hash(Path(pipe.name_or_path)) if pipe.name_or_path else ""
+            model_hash = self._folder_hash(Path(pipe.name_or_path)) if pipe.name_or_path else ""
         _patch_clip_skip(pipe)
         pipe.set_progress_bar_config(disable=True)
         modes = ("inpaint",) if inpainting else ("txt2img", "img2img", "inpaint")
         size = sum(_module_bytes(module) for module in _modules(pipe))
         return LoadedModel(entry, pipe, inpainting, family, model_hash, size, modes=modes)
+
+    def _hash(self, path: Path) -> str:
+        info = path.stat()
+        key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+        if key not in self._hashes:
+            self._hashes[key] = file_hash(path)
+        return self._hashes[key]
+
+    def _folder_hash(self, folder: Path) -> str:
+        """A1111 hashes checkpoint files; a folder model is hashed by its UNet weights file."""
+        weights = sorted(folder.glob("unet/*.safetensors"))
+        return self._hash(weights[0]) if weights else ""
 
     # -- views ------------------------------------------------------------------------------
     def view(self, model: LoadedModel, mode: str, scheduler: Any) -> Any:
@@ -143,8 +173,8 @@ class PipelineManager:
 
     # -- memory -----------------------------------------------------------------------------
     def loaded(self) -> list[LoadedModel]:
-        with self._lock:
-            return list(self._models.values())
+        """A snapshot, readable without waiting for a load in progress."""
+        return list(self._models.copy().values())
 
     def unload(self, name: str | None = None) -> list[str]:
         """Drop one model (or all with ``None``) and free its memory. Returns the names dropped."""
@@ -220,12 +250,6 @@ def _family_of(pipe: Any) -> str:
     if type(pipe).__name__.startswith("StableDiffusionXL"):
         return "sdxl"
     return {768: "sd1", 1024: "sd2", 64: "demo"}.get(width, "other")
-
-
-def _folder_hash(folder: Path) -> str:
-    """A1111 hashes checkpoint files; a folder model is hashed by its UNet weights file."""
-    weights = sorted(folder.glob("unet/*.safetensors"))
-    return file_hash(weights[0]) if weights else ""
 
 
 def _patch_clip_skip(pipe: Any) -> None:

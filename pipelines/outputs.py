@@ -165,10 +165,15 @@ def _claim(temp_path: Path, target: Path) -> None:
     except FileExistsError:
         raise
     except OSError:  # no hard links here (exFAT, some network shares): exclusive create, then copy
-        with open(target, "xb") as final, open(temp_path, "rb") as source:
-            shutil.copyfileobj(source, final)
-            final.flush()
-            os.fsync(final.fileno())
+        with open(target, "xb") as final:
+            try:
+                with open(temp_path, "rb") as source:
+                    shutil.copyfileobj(source, final)
+                final.flush()
+                os.fsync(final.fileno())
+            except BaseException:
+                target.unlink(missing_ok=True)  # a half-copied file must not appear in the gallery
+                raise
 
 
 def _write_image(file: Any, image: Image.Image, image_format: str, infotext: str, fields: dict[str, Any]) -> None:

@@ -77,9 +77,16 @@ class Txt2Img:
         _check_text(self, limits, problems)
         _check_numbers(self, limits, problems)
         try:
-            samplers.resolve(self.sampler_name, self.schedule_type)
+            sampler, schedule = samplers.resolve(self.sampler_name, self.schedule_type)
         except KeyError as exc:
             problems.append(exc.args[0])
+        else:
+            # Record what actually runs, in A1111's names, so the infotext reproduces the image.
+            if schedule not in sampler.schedules:
+                notes.append(f"{sampler.name} has no {schedule} schedule here: using Automatic")
+                schedule = "Automatic"
+            if (sampler.name, schedule) != (self.sampler_name, self.schedule_type):
+                changes.update(sampler_name=sampler.name, schedule_type=schedule)
         for side in ("width", "height"):
             value = getattr(self, side)
             if not _is_int(value) or value == 0:

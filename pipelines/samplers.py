@@ -18,6 +18,7 @@ class Sampler:
     scheduler_class: str
     options: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    schedules: tuple[str, ...] = ("Automatic", "Karras", "Exponential")  # what diffusers offers for it
 
 
 SAMPLERS: tuple[Sampler, ...] = (
@@ -28,17 +29,17 @@ SAMPLERS: tuple[Sampler, ...] = (
         {"algorithm_type": "sde-dpmsolver++"},
         ("k_dpmpp_2m_sde",),
     ),
-    Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, ("k_euler_a", "euler_ancestral")),
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, ("k_euler_a", "euler_ancestral"), ("Automatic",)),
     Sampler("Euler", "EulerDiscreteScheduler", {}, ("k_euler",)),
     Sampler("LMS", "LMSDiscreteScheduler", {}, ("k_lms",)),
     Sampler("Heun", "HeunDiscreteScheduler", {}, ("k_heun",)),
     Sampler("DPM2", "KDPM2DiscreteScheduler", {}, ("k_dpm_2",)),
     Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, ("k_dpm_2_a",)),
-    Sampler("DDIM", "DDIMScheduler", {}, ("ddim",)),
-    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, ("plms",)),
+    Sampler("DDIM", "DDIMScheduler", {}, ("ddim",), ("Automatic",)),
+    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, ("plms",), ("Automatic",)),
     Sampler("UniPC", "UniPCMultistepScheduler", {}, ("unipc",)),
     Sampler("DEIS", "DEISMultistepScheduler", {}, ("deis",)),
-    Sampler("LCM", "LCMScheduler", {}, ("lcm",)),
+    Sampler("LCM", "LCMScheduler", {}, ("lcm",), ("Automatic",)),
 )
 
 # Schedule type -> the scheduler option that turns it on ("Automatic" keeps the scheduler's own).

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import csv
 import io
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ SCHEMA = "atelier-presets"
 VERSION = 1
 LIBRARY = Path(__file__).parent / "library"
 MAX_NAME = 80
+_JOINERS = "\u200c\u200d"  # zero-width (non-)joiners: format characters that emoji and many scripts need
 KINDS = ("style", "negative", "settings")
 _SECTIONS = {"style": "styles", "negative": "negatives", "settings": "settings"}
 
@@ -81,7 +83,7 @@ def check_name(name: Any) -> str:
         raise PresetError("a preset needs a name")
     if len(cleaned) > MAX_NAME:
         raise PresetError(f"preset names are at most {MAX_NAME} characters, this one has {len(cleaned)}")
-    bad = sorted({c for c in cleaned if c in "/\\" or unicodedata.category(c).startswith("C")})
+    bad = sorted({c for c in cleaned if c in "/\\" or (unicodedata.category(c).startswith("C") and c not in _JOINERS)})
     if bad or cleaned in (".", ".."):
         shown = ", ".join(repr(c) for c in bad) or repr(cleaned)
         raise PresetError(f"preset name {cleaned!r} contains characters that are not allowed: {shown}")
@@ -108,10 +110,10 @@ class PresetLibrary:
 
     # -- reading ----------------------------------------------------------------------------
     def styles(self) -> list[Style]:
-        return _merged(self._builtin_styles, [Style(**s) for s in self._user()["styles"]])
+        return _merged(copy.deepcopy(self._builtin_styles), [Style(**s) for s in self._user()["styles"]])
 
     def negatives(self) -> list[NegativePreset]:
-        return _merged(self._builtin_negatives, [NegativePreset(**n) for n in self._user()["negatives"]])
+        return _merged(copy.deepcopy(self._builtin_negatives), [NegativePreset(**n) for n in self._user()["negatives"]])
 
     def saved(self) -> list[SavedSettings]:
         return [SavedSettings(**s) for s in self._user()["settings"]]
@@ -130,8 +132,7 @@ class PresetLibrary:
         ]
 
     def items(self, kind: str) -> list[Any]:
-        if kind not in KINDS:
-            raise PresetError(f"preset kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        _check_kind(kind)
         return {"style": self.styles, "negative": self.negatives, "settings": self.saved}[kind]()
 
     def compose(self, prompt: str, negative: str, styles: list[str], negatives: list[str]) -> tuple[str, str]:
@@ -148,6 +149,7 @@ class PresetLibrary:
 
     # -- writing ----------------------------------------------------------------------------
     def save(self, kind: str, item: Style | NegativePreset | SavedSettings, overwrite: bool = False) -> None:
+        _check_kind(kind)
         item.name = check_name(item.name)
         item.builtin = False
         if isinstance(item, SavedSettings):
@@ -167,10 +169,13 @@ class PresetLibrary:
         self._change(change)
 
     def delete(self, kind: str, name: str) -> None:
+        _check_kind(kind)
+
         def change(data: dict[str, Any]) -> None:
             section = data[_SECTIONS[kind]]
             if not any(entry["name"] == name for entry in section):
-                builtin = any(item.name == name and item.builtin for item in self.items(kind))
+                builtins = {"style": self._builtin_styles, "negative": self._builtin_negatives}.get(kind, [])
+                builtin = any(item.name == name for item in builtins)
                 raise PresetError(
                     f"{name!r} is built in and cannot be deleted" if builtin else f"no {kind} preset {name!r}"
                 )
@@ -179,6 +184,7 @@ class PresetLibrary:
         self._change(change)
 
     def rename(self, kind: str, old: str, new: str) -> None:
+        _check_kind(kind)
         new = check_name(new)
 
         def change(data: dict[str, Any]) -> None:
@@ -219,6 +225,7 @@ class PresetLibrary:
                         counts["replaced"] += 1
                     else:
                         current[section].append(entry)
+                        names[entry["name"]] = len(current[section]) - 1
                         counts["added"] += 1
 
         self._change(change)
@@ -250,7 +257,9 @@ class PresetLibrary:
 
     # -- the file ---------------------------------------------------------------------------
     def _user(self) -> dict[str, Any]:
-        with self._lock:
+        # the file lock too: a reader that finds the file damaged moves it aside, which must not race
+        # another reader doing the same, or a writer that has just put a good file in its place
+        with self._lock, _file_lock(self.path):
             return self._read()
 
     def _change(self, change: Any) -> None:
@@ -260,20 +269,25 @@ class PresetLibrary:
             change(data)
             self._write(data)
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self, from_backup: bool = False) -> dict[str, Any]:
         if not self.path.exists():
             return _empty()
         try:
             return _validated(json.loads(self.path.read_text(encoding="utf-8")))
         except (OSError, ValueError, PresetError) as exc:
-            aside = self.path.with_name(f"presets.damaged-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = self.path.with_name(f"presets.damaged-{stamp}.json")
+            for n in itertools.count(2):
+                if not aside.exists():
+                    break
+                aside = self.path.with_name(f"presets.damaged-{stamp}-{n}.json")
             os.replace(self.path, aside)
             self.problem = f"Your presets file was damaged ({exc}); it was moved to {aside.name}."
             log.error(self.problem)
-            if self.backup.exists():
+            if self.backup.exists() and not from_backup:
                 shutil.copy2(self.backup, self.path)
                 self.problem += " The last good copy (presets.json.bak) was restored."
-                return self._read()
+                return self._read(from_backup=True)
             return _empty()
 
     def _write(self, data: dict[str, Any]) -> None:
@@ -289,6 +303,11 @@ class PresetLibrary:
             shutil.copy2(self.path, self.backup)
         os.replace(temp.name, self.path)
         _fsync_folder(self.path.parent)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise PresetError(f"preset kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
 def _empty() -> dict[str, Any]:

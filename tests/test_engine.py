@@ -231,3 +231,27 @@ def test_validation_fails_before_any_work(engine: Engine) -> None:
     with pytest.raises(BadRequest, match="steps must be between 1 and 150, got 500"):
         engine.generate(Txt2Img(steps=500))
     assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize("sampler", ["Heun", "DPM2", "PLMS", "Euler"])
+def test_progress_never_runs_past_the_total(engine: Engine, sampler: str) -> None:
+    seen: list[Progress] = []
+    request = Txt2Img(seed=1, steps=5, batch_count=2, width=64, height=64, sampler_name=sampler)
+    engine.generate(request, on_progress=seen.append)
+    steps = [p.step for p in seen]
+    assert steps == sorted(steps) and steps[-1] == seen[-1].total == 10
+    assert all(p.eta_seconds >= 0 for p in seen)
+
+
+def test_the_mask_is_fitted_like_the_picture(engine: Engine) -> None:
+    """With "crop and resize" a wide picture loses its sides; the mask must lose the same sides."""
+    wide = Image.new("RGB", (256, 128), (200, 30, 30))
+    mask = Image.new("L", (256, 128), 0)
+    mask.paste(255, (0, 0, 64, 128))  # the left quarter: cropped away entirely
+    mask.paste(255, (128, 0, 140, 128))  # a band in the middle survives the crop
+    result = engine.generate(
+        Inpaint(init_image=wide, mask=mask, resize_mode="crop and resize", width=128, height=128, mask_blur=0, steps=4)
+    )
+    out = pixels(result.images[0])
+    assert np.array_equal(out[:, :50], np.full((128, 50, 3), (200, 30, 30)))  # the old left quarter is not redrawn
+    assert np.abs(out[:, 66:74] - np.array((200, 30, 30))).mean() > 10  # the middle band is

@@ -199,3 +199,11 @@ def test_catalog_resolves_names(tmp_path: Path) -> None:
     assert catalog.resolve("org/model-name", tmp_path).source == "hub"
     (tmp_path / "x.safetensors").write_bytes(b"")
     assert catalog.resolve("x.safetensors", tmp_path).source == "single_file"
+
+
+def test_a_dangling_link_in_the_models_folder_is_skipped(tmp_path: Path, demo_folder: Path) -> None:
+    models = _models_dir_with(tmp_path, demo_folder, "good")
+    (models / "unplugged.safetensors").symlink_to(tmp_path / "drive" / "gone.safetensors")
+    engine = Engine(EngineSettings(models_dir=models))
+    assert [entry.name for entry in catalog.list_local(models)] == ["good"]
+    assert engine.default_model == "good"

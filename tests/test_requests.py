@@ -108,3 +108,11 @@ def test_scheduler_is_built_fresh_from_the_model_config() -> None:
     assert euler.config.use_karras_sigmas is False
     ancestral = samplers.build_scheduler(config, "Euler a", "Karras")  # no Karras option: stays as it is
     assert type(ancestral).__name__ == "EulerAncestralDiscreteScheduler"
+
+
+def test_sampler_names_are_recorded_as_they_run() -> None:
+    request, notes = Txt2Img(sampler_name="DPM++ 2M Karras", schedule_type="Automatic").checked()
+    assert (request.sampler_name, request.schedule_type, notes) == ("DPM++ 2M", "Karras", [])
+    request, notes = Txt2Img(sampler_name="k_euler_a", schedule_type="Karras").checked()
+    assert (request.sampler_name, request.schedule_type) == ("Euler a", "Automatic")
+    assert notes == ["Euler a has no Karras schedule here: using Automatic"]

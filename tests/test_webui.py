@@ -147,11 +147,12 @@ def test_reuse_fills_fields_by_name(studio: Studio) -> None:
 def test_gallery_pages_newest_first_and_filters(studio: Studio) -> None:
     run(studio, "txt2img", prompt="zebra stripes", steps=2, width=64, height=64, seed=1)
     run(studio, "txt2img", prompt="a lone lighthouse", steps=2, width=64, height=64, seed=2)
-    items, page, summary = show_page(studio.engine, "", 1)
+    items, page, summary, paths = show_page(studio.engine, "", 1)
     assert items[0][1] == "a lone lighthouse" and items[1][1] == "zebra stripes" and page == 1
-    items, _, summary = show_page(studio.engine, "ZEBRA", 1)
+    assert paths == [thumbnail for thumbnail, _ in items] and Path(paths[0]).is_file()
+    items, _, summary, _ = show_page(studio.engine, "ZEBRA", 1)
     assert [caption for _, caption in items] == ["zebra stripes"] and summary.startswith("1 image matching")
-    _, page, _ = show_page(studio.engine, "", 99)
+    _, page, _, _ = show_page(studio.engine, "", 99)
     assert page == 1  # past the last page shows the last page
 
 
@@ -164,7 +165,10 @@ def test_settings_are_saved_applied_and_survive_damage(tmp_path: Path) -> None:
     assert engine.outputs.image_format == "webp"
     store.path.write_text("{not json")
     assert store.load() == UiSettings()
-    assert store.path.with_suffix(".damaged.json").read_text() == "{not json"
+    store.path.write_text('{"image_format": "gif"}')
+    assert store.load() == UiSettings()
+    aside = sorted(p.read_text() for p in store.path.parent.glob("settings.damaged-*.json"))
+    assert aside == sorted(["{not json", '{"image_format": "gif"}']), "a damaged settings file was lost"
 
 
 def test_token_counter_warns_past_the_window(studio: Studio) -> None:

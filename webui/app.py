@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from pipelines.engine import Engine
 from pipelines.outputs import read_metadata
@@ -17,7 +18,7 @@ from .presets_tab import PresetsTab, build_presets_tab
 from .presets_ui import fill_fields, negative_names, register_preset_api, saved_names, style_names, wire_saved_settings
 from .settings_tab import THEME_JS, apply_settings, build_settings_tab, loaded_table
 from .state import JobBoard, SettingsStore
-from .widgets import GenerationWidgets
+from .widgets import GenerationWidgets, grid_size
 
 PUBLIC_ENDPOINTS = ("txt2img", "img2img", "inpaint", "list_presets", "save_preset", "apply_preset", "delete_preset")
 TAB_LABELS = ("Text to Image", "Image to Image", "Inpaint", "Gallery", "Presets", "PNG Info", "Settings")
@@ -43,10 +44,11 @@ def model_choices(engine: Engine) -> list[tuple[str, str]]:
 
 
 def device_text(engine: Engine) -> str:
-    status = engine.status()
-    loaded = ", ".join(status["loaded"]) or "none yet"
-    busy = "generating" if status["busy"] else "idle"
-    return f"**{status['device']}** · {status['dtype']} · {busy} · loaded: {loaded}"
+    """Cheap enough for a timer: no folder scan, no lock a model load could hold."""
+    loaded = ", ".join(model.name for model in engine.manager.loaded()) or "none yet"
+    busy = "generating" if engine.busy else "idle"
+    dtype = str(engine.manager.dtype).removeprefix("torch.")
+    return f"**{engine.manager.device}** · {dtype} · {busy} · loaded: {loaded}"
 
 
 def build_top_bar(engine: Engine) -> TopBar:
@@ -81,7 +83,8 @@ def build_app(engine: Engine, settings: SettingsStore, library: PresetLibrary) -
 def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary) -> Studio:
     apply_settings(engine, settings.load())
     jobs = JobBoard()
-    with gr.Blocks(title="Atelier") as app:
+    # Gradio copies every shown picture into its cache; clear copies older than an hour.
+    with gr.Blocks(title="Atelier", delete_cache=(1800, 3600)) as app:
         top = build_top_bar(engine)
         with gr.Tabs() as tabs:
             with gr.Tab(TAB_LABELS[0], id="txt2img"):
@@ -106,7 +109,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
         _wire_gallery_actions(gallery, txt2img, img2img, inpaint, tabs)
         _wire_top_bar(engine, top, tuple(generation_tabs.values()))
-        listing = [gallery.images, gallery.page, gallery.info]
+        listing = [gallery.images, gallery.page, gallery.info, gallery.shown]
         gallery_tab.select(lambda q, p: show_page(engine, q, p), [gallery.query, gallery.page], listing)
         settings_tab.select(lambda: loaded_table(engine), None, cache_table)
         app.load(None, theme, None, js=THEME_JS)
@@ -145,14 +148,15 @@ def _keep_private(app: gr.Blocks, public: tuple[str, ...]) -> None:
 
 
 def _wire_top_bar(engine: Engine, top: TopBar, generation_tabs: tuple[GenerationWidgets, ...]) -> None:
-    sizes = [w.fields[side] for w in generation_tabs for side in ("width", "height")]
+    # Only text to image follows the model's native size; the picture tabs keep their picture's size.
+    sizes = [w.fields[side] for w in generation_tabs if w.mode == "txt2img" for side in ("width", "height")]
 
     def pick(name: str, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         progress(0, desc=f"Loading {name}")
         try:
             engine.load(name, lambda done, total, what: progress((done, max(total, 1)), desc=f"Downloading {what}"))
-        except Exception as exc:
-            raise gr.Error(str(exc)) from exc
+        except Exception as exc:  # any load failure is shown; the previous model keeps working
+            raise gr.Error(f"Could not load {name}: {exc}") from exc
         side = engine.native_size(name)
         return (device_text(engine), gr.Dropdown(choices=model_choices(engine)), *([side] * len(sizes)))
 
@@ -160,6 +164,15 @@ def _wire_top_bar(engine: Engine, top: TopBar, generation_tabs: tuple[Generation
     top.refresh.click(
         lambda: (gr.Dropdown(choices=model_choices(engine)), device_text(engine)), None, [top.model, top.device]
     )
+
+
+def send_to(path: str | None, tab: str) -> tuple[Any, ...]:
+    """A picture into another tab, with that tab's size set to the picture's (as A1111 does)."""
+    if not path:
+        raise gr.Error("Select an image first.")
+    with Image.open(path) as image:
+        width, height = grid_size(image.size)
+    return path, width, height, gr.Tabs(selected=tab)
 
 
 def _picked(entries: list[dict[str, Any]], selected: int | None) -> dict[str, Any]:
@@ -196,9 +209,9 @@ def _wire_results(
     widgets.reuse_all.click(reuse_all, [widgets.session, widgets.selected], list(reusable.values()))
     for button, target in ((widgets.send_img2img, img2img), (widgets.send_inpaint, inpaint)):
         button.click(
-            lambda value, index, tab=target.mode: (_image_at(value, index), gr.Tabs(selected=tab)),
+            lambda value, index, tab=target.mode: send_to(_image_at(value, index), tab),
             [widgets.results, widgets.selected],
-            [target.fields["init_image"], tabs],
+            [target.fields["init_image"], target.fields["width"], target.fields["height"], tabs],
         )
 
 
@@ -219,9 +232,9 @@ def _wire_gallery_actions(
     gallery.reuse.click(reuse, gallery.selected_fields, [*reusable.values(), tabs])
     for button, target in ((gallery.send_img2img, img2img), (gallery.send_inpaint, inpaint)):
         button.click(
-            lambda path, tab=target.mode: (path or gr.skip(), gr.Tabs(selected=tab)),
+            lambda path, tab=target.mode: send_to(path, tab),
             gallery.selected_path,
-            [target.fields["init_image"], tabs],
+            [target.fields["init_image"], target.fields["width"], target.fields["height"], tabs],
         )
 
 

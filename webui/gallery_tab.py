@@ -30,6 +30,7 @@ class GalleryWidgets:
     delete: gr.Button
     restore: gr.Button
     refresh: gr.Button
+    shown: gr.State  # the outputs paths the grid shows, in order: selection goes by these
 
 
 def build_gallery_tab(engine: Engine) -> GalleryWidgets:
@@ -58,14 +59,14 @@ def build_gallery_tab(engine: Engine) -> GalleryWidgets:
                 restore = gr.Button("Restore last deleted", size="sm")
     widgets = GalleryWidgets(
         images, query, page, info, large, parameters, gr.State(None), gr.State({}),
-        reuse, send_img2img, send_inpaint, delete, restore, refresh,
+        reuse, send_img2img, send_inpaint, delete, restore, refresh, gr.State([]),
     )  # fmt: skip
     _wire_gallery(engine, widgets, previous, following)
     return widgets
 
 
-def show_page(engine: Engine, query: str, page: float | None) -> tuple[list[tuple[str, str]], int, str]:
-    """Thumbnails (path, caption) of one page, the page number actually shown, and a summary line."""
+def show_page(engine: Engine, query: str, page: float | None) -> tuple[list[tuple[str, str]], int, str, list[str]]:
+    """Thumbnails (path, caption) of one page, the page number shown, a summary line, and the paths."""
     page_number = max(1, int(page or 1))
     items, total = engine.outputs.list(query or "", (page_number - 1) * PAGE_SIZE, PAGE_SIZE)
     pages = max(1, -(-total // PAGE_SIZE))
@@ -73,15 +74,12 @@ def show_page(engine: Engine, query: str, page: float | None) -> tuple[list[tupl
         page_number = pages
         items, total = engine.outputs.list(query or "", (page_number - 1) * PAGE_SIZE, PAGE_SIZE)
     found = f"{total} image{'s' if total != 1 else ''}" + (f" matching “{query}”" if query else "")
-    return (
-        [(str(item.path), item.prompt[:80]) for item in items],
-        page_number,
-        f"{found} · page {page_number} of {pages}",
-    )
+    thumbnails = [(str(item.path), item.prompt[:80]) for item in items]
+    return thumbnails, page_number, f"{found} · page {page_number} of {pages}", [str(item.path) for item in items]
 
 
 def _wire_gallery(engine: Engine, widgets: GalleryWidgets, previous: gr.Button, following: gr.Button) -> None:
-    listing = [widgets.images, widgets.page, widgets.info]
+    listing = [widgets.images, widgets.page, widgets.info, widgets.shown]
 
     def load(query: str, page: float | None) -> tuple[Any, ...]:
         return show_page(engine, query, page)
@@ -90,16 +88,16 @@ def _wire_gallery(engine: Engine, widgets: GalleryWidgets, previous: gr.Button, 
         trigger.click(lambda q, p, s=step: load(q, max(1, int(p or 1) + s)), [widgets.query, widgets.page], listing)
     widgets.query.submit(lambda q: load(q, 1), widgets.query, listing)
 
-    def select(evt: gr.SelectData, query: str, page: float | None) -> tuple[Any, ...]:
-        items, _ = engine.outputs.list(query or "", (max(1, int(page or 1)) - 1) * PAGE_SIZE, PAGE_SIZE)
-        if evt.index >= len(items):
+    def select(evt: gr.SelectData, shown: list[str]) -> tuple[Any, ...]:
+        # By what the grid shows, not a fresh listing: new images or an unsubmitted search would shift it.
+        if not shown or evt.index >= len(shown):
             return None, "", None, {}
-        path = items[evt.index].path
+        path = Path(shown[evt.index])
         metadata = read_metadata(path)
         return str(path), metadata.get("parameters", ""), str(path), metadata.get("atelier", {})
 
     selection = [widgets.large, widgets.parameters, widgets.selected_path, widgets.selected_fields]
-    widgets.images.select(select, [widgets.query, widgets.page], selection)
+    widgets.images.select(select, widgets.shown, selection)
 
     def delete(path: str | None, query: str, page: float | None, trashed: list[str]) -> tuple[Any, ...]:
         if not path:
@@ -119,7 +117,10 @@ def _wire_gallery(engine: Engine, widgets: GalleryWidgets, previous: gr.Button, 
     def restore(trashed: list[str], query: str, page: float | None) -> tuple[Any, ...]:
         if not trashed:
             raise gr.Error("Nothing deleted in this session.")
-        restored = engine.outputs.restore(Path(trashed[-1]))
+        try:
+            restored = engine.outputs.restore(Path(trashed[-1]))
+        except (ValueError, OSError) as exc:  # e.g. restored from another tab already
+            raise gr.Error(f"Could not restore: {exc}") from exc
         gr.Info(f"Restored {restored.name}.")
         return (*load(query, page), trashed[:-1])
 

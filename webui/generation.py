@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,9 @@ from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, T
 from presets.store import PresetError, PresetLibrary
 
 from .state import JobBoard
-from .widgets import GenerationWidgets, build_generation_widgets
+from .widgets import GenerationWidgets, build_generation_widgets, grid_size
+
+log = logging.getLogger(__name__)
 
 REQUESTS = {"txt2img": Txt2Img, "img2img": Img2Img, "inpaint": Inpaint}
 POLL_SECONDS = 0.3
@@ -63,12 +66,14 @@ def build_inpaint_tab(engine: Engine, library: PresetLibrary) -> GenerationWidge
                 area = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", label="Inpaint area")
                 padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
             content = gr.Radio(list(MASKED_CONTENT), value="original", label="Masked content")
+            resize = gr.Radio(list(RESIZE_MODES), value="just resize", label="Resize mode")
             invert = gr.Checkbox(False, label="Invert mask (redraw what is not painted)")
         with gr.Accordion("Upload a mask instead of painting", open=False):
             mask = gr.Image(label="Mask image (white = redraw)", type="pil", height=200, image_mode="L")
         return {
             "init_image": editor, "mask": mask, "mask_blur": blur, "denoising_strength": strength,
             "only_masked": area, "only_masked_padding": padding, "masked_content": content, "invert_mask": invert,
+            "resize_mode": resize,
         }  # fmt: skip
 
     widgets = build_generation_widgets(engine, library, "inpaint", controls)
@@ -83,7 +88,7 @@ def _size_follows_image(widgets: GenerationWidgets, image_widget: gr.components.
         image = value.get("background") if isinstance(value, dict) else value
         if not isinstance(image, Image.Image):
             return gr.update(), gr.update()
-        return tuple(max(64, min(2048, side // 8 * 8)) for side in image.size)
+        return grid_size(image.size)
 
     image_widget.upload(sizes, image_widget, [widgets.fields["width"], widgets.fields["height"]], queue=False)
 
@@ -175,32 +180,46 @@ def _stream(
     worker = threading.Thread(target=work, name=f"job-{job.id[:8]}", daemon=True)
     started = time.perf_counter()
     worker.start()
+    shown_key: tuple[int, int] = (0, 0)
     while worker.is_alive():
         worker.join(POLL_SECONDS)
         if job.state == "running" and job.total:
             progress((job.step, job.total), desc=f"Step {job.step}/{job.total}")
-            shown = [*job.images, *([job.preview] if job.preview is not None else [])]
-            yield {widgets.results: shown, widgets.status: _status(job, started)}
+            update: dict[Any, Any] = {widgets.status: _status(job)}
+            key = (len(job.images), id(job.preview))
+            if key != shown_key:  # unchanged pictures are not sent again: each send re-encodes them
+                shown_key = key
+                update[widgets.results] = [*_finished_images(job), *([job.preview] if job.preview else [])]
+            yield update
         elif engine.current_job is job:
             yield {widgets.status: "Loading the model…"}
         else:
             yield {widgets.status: "Waiting for the GPU: another job is running."}
     error = outcome.get("error")
     if isinstance(error, Interrupted):
-        yield {widgets.results: [], widgets.status: f"Stopped at step {job.step} of {job.total}; nothing was kept."}
+        kept = _finished_images(job)
+        note = f"kept the {len(kept)} finished image(s)" if kept else "nothing was kept"
+        yield {widgets.results: kept, widgets.status: f"Stopped at step {job.step} of {job.total}; {note}."}
         return
     if isinstance(error, AtelierError):
         raise gr.Error(str(error))
     if error is not None:
-        raise error
+        log.error("generation failed", exc_info=error)
+        raise gr.Error(f"Generation failed ({type(error).__name__}: {error}). Details are in the server log.")
     yield _finished(outcome["result"], widgets, time.perf_counter() - started)
 
 
-def _status(job: Job, started: float) -> str:
-    elapsed = time.perf_counter() - started
+def _finished_images(job: Job) -> list[Any]:
+    """Finished pictures: their saved files when every one was saved, else the images themselves."""
+    return [str(path) for path in job.paths] if len(job.paths) == len(job.images) else list(job.images)
+
+
+def _status(job: Job) -> str:
+    """Step and time left, timed from the first step (a model load before it would skew the ETA)."""
+    elapsed = time.perf_counter() - job.started
     done = job.step / job.total if job.total else 0
     eta = elapsed / done - elapsed if done else 0
-    return f"Step {job.step}/{job.total} · {elapsed:.1f}s elapsed · about {eta:.0f}s left"
+    return f"Step {job.step}/{job.total} · {elapsed:.1f}s · about {eta:.0f}s left"
 
 
 def _finished(result: Result, widgets: GenerationWidgets, seconds: float) -> dict[Any, Any]:

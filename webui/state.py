@@ -7,10 +7,12 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from pipelines.engine import Job
+from pipelines.outputs import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,21 @@ class SettingsStore:
             return UiSettings()
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise ValueError("expected a JSON object")
             known = {f.name for f in fields(UiSettings)}
-            return UiSettings(**{k: v for k, v in raw.items() if k in known})
+            settings = UiSettings(**{k: v for k, v in raw.items() if k in known})
+            if settings.image_format not in FORMATS or settings.theme not in ("light", "dark"):
+                raise ValueError(f"unknown image format {settings.image_format!r} or theme {settings.theme!r}")
+            float(settings.ram_budget_gb), int(settings.max_models)
+            return settings
         except (OSError, ValueError, TypeError) as exc:
-            # Keep the damaged file for the user to look at; start from defaults.
-            aside = self.path.with_suffix(".damaged.json")
+            # Keep the damaged file for the user to look at (never over an earlier one); use defaults.
+            aside = self.path.with_name(f"settings.damaged-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            number = 2
+            while aside.exists():
+                aside = aside.with_name(f"settings.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{number}.json")
+                number += 1
             log.error("settings file %s is damaged (%s); moved it to %s", self.path, exc, aside)
             os.replace(self.path, aside)
             return UiSettings()

@@ -40,6 +40,11 @@ class GenerationWidgets:
     presets: PresetControls
 
 
+def grid_size(size: tuple[int, int]) -> tuple[int, int]:
+    """A picture's size on the 8-pixel grid, within the size sliders' range."""
+    return tuple(max(64, min(2048, side // 8 * 8)) for side in size)  # type: ignore[return-value]
+
+
 def token_text(engine: Engine, text: str) -> str:
     if not text:  # the empty boxes of a fresh page: no need to build the tokenizer before serving
         return f"<span class='tokens'>0/{TOKEN_WINDOW} tokens</span>"
