@@ -160,7 +160,7 @@ class PresetLibrary:
             section = data[_SECTIONS[kind]]
             existing = [i for i, entry in enumerate(section) if entry["name"] == item.name]
             if existing and not overwrite:
-                raise PresetExists(f"a {kind} preset called {item.name!r} exists; overwrite it?")
+                raise PresetExists(f"a {kind} preset called {item.name!r} exists; save with overwrite to replace it")
             if existing:
                 section[existing[0]] = record
             else:

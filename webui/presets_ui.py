@@ -3,6 +3,7 @@ explicit undoable apply, and saved settings (load, save with an overwrite questi
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -233,10 +234,17 @@ def register_preset_api(library: PresetLibrary) -> None:
         sampler_name: str = "DPM++ 2M", width: int = 512, height: int = 512, seed: int = -1, overwrite: bool = False,
     ) -> str:  # fmt: skip
         """Save text-to-image settings under ``name``; an existing name needs overwrite=True."""
-        settings = {
-            "prompt": prompt, "negative_prompt": negative_prompt, "steps": int(steps), "cfg_scale": float(cfg_scale),
-            "sampler_name": sampler_name, "width": int(width), "height": int(height), "seed": int(seed),
-        }  # fmt: skip
+        try:
+            settings = {
+                "prompt": prompt, "negative_prompt": negative_prompt, "steps": int(steps),
+                "cfg_scale": float(cfg_scale), "sampler_name": sampler_name, "width": int(width),
+                "height": int(height), "seed": int(seed),
+            }  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(
+                f"steps, width, height and seed must be whole numbers and cfg_scale a number (got steps={steps!r}, "
+                f"cfg_scale={cfg_scale!r}, width={width!r}, height={height!r}, seed={seed!r})"
+            ) from exc
         try:
             return save_settings(library, name, "txt2img", settings, overwrite)
         except PresetError as exc:
@@ -244,6 +252,7 @@ def register_preset_api(library: PresetLibrary) -> None:
 
     def apply_preset(name: str) -> dict[str, Any]:
         """All settings of a saved preset, or a style's / negative preset's texts."""
+        name = _same_as_saved(name)
         for kind in ("settings", "style", "negative"):
             try:
                 item = library.get(kind, name)
@@ -254,11 +263,20 @@ def register_preset_api(library: PresetLibrary) -> None:
 
     def delete_preset(name: str) -> str:
         """Delete a user preset (saved settings first, then styles and negative presets)."""
+        name = _same_as_saved(name)
         for kind in ("settings", "style", "negative"):
             if any(item.name == name and not item.builtin for item in library.items(kind)):
-                library.delete(kind, name)
+                try:
+                    library.delete(kind, name)
+                except PresetError as exc:  # another tab or script deleted it a moment ago
+                    raise gr.Error(str(exc)) from exc
                 return name
         raise gr.Error(f"there is no user preset called {name!r} (built-in presets cannot be deleted)")
 
     for function in (list_presets, save_preset, apply_preset, delete_preset):
         gr.api(function, api_name=function.__name__)
+
+
+def _same_as_saved(name: Any) -> Any:
+    """A name as ``check_name`` stores it (NFC, trimmed), so scripts find presets by the name they saved."""
+    return unicodedata.normalize("NFC", name).strip() if isinstance(name, str) else name
