@@ -93,8 +93,6 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
     if library.problem:
         log.error(library.problem)
     app = webui.build_app(engine, SettingsStore(args.data_dir), library)
-    if args.api:
-        log.warning("--api: the REST API is not available in this version yet; the Gradio endpoints are")
     app.queue(max_size=args.queue_size, default_concurrency_limit=4)
     app.launch(
         server_name="0.0.0.0" if args.listen else "127.0.0.1",
@@ -107,6 +105,15 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
         css=CSS,
         quiet=True,
     )
+    if args.api:
+        from webui.api import mount_api
+
+        flags = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+        flags["auth"] = ["***"] * len(args.auth)  # never hand passwords to API clients
+        mount_api(app.app, engine, library, auth, flags)
+        log.info(
+            "REST API (AUTOMATIC1111-compatible) at %ssdapi/v1, documented at %sdocs", app.local_url, app.local_url
+        )
     log.info("Atelier is running at %s", app.local_url)
     if args.share and not app.share_url:
         log.warning("no public link: Gradio could not create one (offline, or blocked); serving locally only")

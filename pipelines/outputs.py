@@ -193,11 +193,19 @@ def read_metadata(path: Path) -> dict[str, Any]:
     """``parameters`` (infotext) and, for Atelier's PNGs, ``atelier`` (request fields) of an image file."""
     try:
         with Image.open(path) as image:
-            text = dict(getattr(image, "text", {}) or {})
-            comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+            return image_metadata(image)
     except (OSError, ValueError, SyntaxError) as exc:
         log.warning("cannot read metadata of %s: %s", path, exc)
         return {}
+
+
+def image_metadata(image: Image.Image) -> dict[str, Any]:
+    """The same, from an opened image: PNG text chunks, else EXIF UserComment (JPEG, WebP)."""
+    text = dict(getattr(image, "text", {}) or {})
+    try:
+        comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except (OSError, ValueError, SyntaxError):
+        comment = None
     metadata: dict[str, Any] = {}
     if "parameters" in text:
         metadata["parameters"] = text["parameters"]
@@ -207,7 +215,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
         try:
             metadata["atelier"] = json.loads(text["atelier"])
         except json.JSONDecodeError:
-            log.warning("%s has a damaged Atelier metadata chunk", path)
+            log.warning("an image has a damaged Atelier metadata chunk")
     return metadata
 
 
@@ -218,12 +226,8 @@ def _decode_user_comment(raw: bytes) -> str:
     return body.decode("utf-8", errors="replace").rstrip("\0")
 
 
-def _prompt_of(infotext: str) -> str:
-    """The prompt part of an infotext: everything before the negative prompt / parameters lines."""
-    lines = infotext.split("\n")
-    kept = []
-    for line in lines:
-        if line.startswith("Negative prompt:") or re.match(r"^Steps: \d+,", line):
-            break
-        kept.append(line)
-    return "\n".join(kept)
+def _prompt_of(text: str) -> str:
+    """The prompt part of an infotext, read the way the infotext parser reads it."""
+    from .infotext import parse_infotext
+
+    return parse_infotext(text)["prompt"] if text else ""

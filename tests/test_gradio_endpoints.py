@@ -315,3 +315,50 @@ def test_losing_a_delete_race_gets_a_clear_error(client: Client, monkeypatch: py
 
     monkeypatch.setattr(PresetLibrary, "delete", other_tab_wins)
     assert name in _error(_delete, client, name)
+
+
+def _png(image: Any) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_txt2img_endpoint_returns_pngs_with_their_parameters(client: Client) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    result = _call(client, "/txt2img", prompt="a red circle", seed=11, steps=4, width=64, height=64, batch_size=2)
+    assert result["seeds"] == [11, 12]
+    second = Image.open(io.BytesIO(base64.b64decode(result["images"][1])))
+    assert second.size == (64, 64)
+    assert second.text["parameters"] == result["infotexts"][1]
+    assert "Seed: 12," in result["infotexts"][1] and result["infotexts"][1].startswith("a red circle\n")
+
+
+def test_inpaint_endpoint_keeps_pixels_outside_the_mask(client: Client) -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    picture = Image.new("RGB", (64, 64), (30, 60, 200))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (24, 24, 40, 40))
+    result = _call(
+        client, "/inpaint", init_image=_png(picture), mask=_png(mask), prompt="a yellow dot", mask_blur=0,
+        denoising_strength=1.0, steps=4, seed=2,
+    )  # fmt: skip
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"), dtype=np.int16)
+    assert np.array_equal(out[:20], np.full((20, 64, 3), (30, 60, 200)))
+    assert np.abs(out[26:38, 26:38] - np.array((30, 60, 200))).mean() > 10
+
+
+def test_generation_endpoints_explain_bad_input(client: Client) -> None:
+    assert "steps must be between 1 and 150, got 500" in _error(_call, client, "/txt2img", prompt="x", steps=500)
+    assert "not a readable image" in _error(_call, client, "/img2img", init_image="bm90IGFuIGltYWdl", prompt="x")

@@ -174,3 +174,19 @@ def test_settings_are_saved_applied_and_survive_damage(tmp_path: Path) -> None:
 def test_token_counter_warns_past_the_window(studio: Studio) -> None:
     assert "3/75 tokens" in token_text(studio.engine, "a red circle")
     assert "words past 75 are cut" in token_text(studio.engine, "red " * 80)
+
+
+def test_png_info_reads_fields_from_a1111_and_atelier_images(studio: Studio) -> None:
+    from webui.pnginfo_tab import fields_from_image
+
+    fixtures = Path(__file__).parent / "fixtures" / "images-from-other-tools"
+    a1111 = fields_from_image(str(fixtures / "automatic1111_cropped.png"))
+    assert (a1111["prompt"], a1111["negative_prompt"], a1111["steps"], a1111["seed"]) == (
+        "photo of a duck", "monochrome", 15, 235284042,
+    )  # fmt: skip
+    assert (a1111["sampler_name"], a1111["width"], a1111["height"]) == ("UniPC", 512, 400)
+    assert fields_from_image(str(fixtures / "invokeai_sdmeta1.png")) == {}
+    assert fields_from_image(str(fixtures / "empty_file.png")) == {}
+    final = run(studio, "txt2img", prompt="lossless, with: punctuation", steps=3, width=64, height=64, seed=9)[-1]
+    ours = fields_from_image(final[studio.tabs["txt2img"].results][0])
+    assert (ours["prompt"], ours["steps"], ours["seed"], ours["width"]) == ("lossless, with: punctuation", 3, 9, 64)

@@ -9,11 +9,12 @@ import gradio as gr
 from PIL import Image
 
 from pipelines.engine import Engine
-from pipelines.outputs import read_metadata
 from presets.store import PresetLibrary
 
+from .endpoints import register_generation_api
 from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
 from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
+from .pnginfo_tab import build_png_info_tab, fields_from_image
 from .presets_tab import PresetsTab, build_presets_tab
 from .presets_ui import fill_fields, negative_names, register_preset_api, saved_names, style_names, wire_saved_settings
 from .settings_tab import THEME_JS, apply_settings, build_settings_tab, loaded_table
@@ -98,14 +99,17 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
             with gr.Tab(TAB_LABELS[4], id="presets"):
                 presets_tab = build_presets_tab(library)
             with gr.Tab(TAB_LABELS[5], id="pnginfo"):
-                build_png_info_tab()
+                png_info_area = gr.Column()
             with gr.Tab(TAB_LABELS[6], id="settings") as settings_tab:
                 theme, cache_table = build_settings_tab(engine, settings)
         generation_tabs = {w.mode: w for w in (txt2img, img2img, inpaint)}
+        with png_info_area:  # built after the tabs it sends to exist
+            build_png_info_tab(tabs, list(generation_tabs.values()))
         handlers = {mode: wire_generation(engine, library, jobs, w, top.model) for mode, w in generation_tabs.items()}
         for widgets in generation_tabs.values():
             _wire_results(widgets, img2img, inpaint, tabs)
         refresh_pickers, pickers = _wire_presets(library, generation_tabs, presets_tab, top.model)
+        register_generation_api(engine, library)
         app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
         _wire_gallery_actions(gallery, txt2img, img2img, inpaint, tabs)
         _wire_top_bar(engine, top, tuple(generation_tabs.values()))
@@ -224,28 +228,16 @@ def _wire_gallery_actions(
 ) -> None:
     reusable = {name: w for name, w in txt2img.fields.items()}
 
-    def reuse(fields: dict[str, Any]) -> list[Any]:
+    def reuse(path: str | None) -> list[Any]:
+        fields = fields_from_image(path)
         if not fields:
-            raise gr.Error("This image has no Atelier parameters to reuse; select one made here.")
+            raise gr.Error("This image carries no generation parameters to reuse.")
         return [*fill_fields(reusable, fields), gr.Tabs(selected="txt2img")]
 
-    gallery.reuse.click(reuse, gallery.selected_fields, [*reusable.values(), tabs])
+    gallery.reuse.click(reuse, gallery.selected_path, [*reusable.values(), tabs])
     for button, target in ((gallery.send_img2img, img2img), (gallery.send_inpaint, inpaint)):
         button.click(
             lambda path, tab=target.mode: send_to(path, tab),
             gallery.selected_path,
             [target.fields["init_image"], target.fields["width"], target.fields["height"], tabs],
         )
-
-
-def build_png_info_tab() -> None:
-    with gr.Row(equal_height=False):
-        image = gr.Image(label="Drop an image", type="filepath", sources=["upload", "clipboard"], height=360)
-        parameters = gr.Textbox(label="Parameters", lines=10, interactive=False, buttons=["copy"])
-
-    def read(path: str | None) -> str:
-        if not path:
-            return ""
-        return read_metadata(path).get("parameters") or "No generation parameters found in this image."
-
-    image.change(read, image, parameters)

@@ -23,7 +23,6 @@ class GalleryWidgets:
     large: gr.Image
     parameters: gr.Textbox
     selected_path: gr.State
-    selected_fields: gr.State
     reuse: gr.Button
     send_img2img: gr.Button
     send_inpaint: gr.Button
@@ -58,7 +57,7 @@ def build_gallery_tab(engine: Engine) -> GalleryWidgets:
                 delete = gr.Button("Delete (to trash)", size="sm", variant="stop")
                 restore = gr.Button("Restore last deleted", size="sm")
     widgets = GalleryWidgets(
-        images, query, page, info, large, parameters, gr.State(None), gr.State({}),
+        images, query, page, info, large, parameters, gr.State(None),
         reuse, send_img2img, send_inpaint, delete, restore, refresh, gr.State([]),
     )  # fmt: skip
     _wire_gallery(engine, widgets, previous, following)
@@ -91,12 +90,11 @@ def _wire_gallery(engine: Engine, widgets: GalleryWidgets, previous: gr.Button, 
     def select(evt: gr.SelectData, shown: list[str]) -> tuple[Any, ...]:
         # By what the grid shows, not a fresh listing: new images or an unsubmitted search would shift it.
         if not shown or evt.index >= len(shown):
-            return None, "", None, {}
+            return None, "", None
         path = Path(shown[evt.index])
-        metadata = read_metadata(path)
-        return str(path), metadata.get("parameters", ""), str(path), metadata.get("atelier", {})
+        return str(path), read_metadata(path).get("parameters", ""), str(path)
 
-    selection = [widgets.large, widgets.parameters, widgets.selected_path, widgets.selected_fields]
+    selection = [widgets.large, widgets.parameters, widgets.selected_path]
     widgets.images.select(select, widgets.shown, selection)
 
     def delete(path: str | None, query: str, page: float | None, trashed: list[str]) -> tuple[Any, ...]:
@@ -111,7 +109,7 @@ def _wire_gallery(engine: Engine, widgets: GalleryWidgets, previous: gr.Button, 
 
     trash = gr.State([])
     widgets.delete.click(
-        delete, [widgets.selected_path, widgets.query, widgets.page, trash], [*listing, *selection[:3], trash]
+        delete, [widgets.selected_path, widgets.query, widgets.page, trash], [*listing, *selection, trash]
     )
 
     def restore(trashed: list[str], query: str, page: float | None) -> tuple[Any, ...]:

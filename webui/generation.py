@@ -155,7 +155,7 @@ def wire_generation(
     widgets.generate.click(
         run, inputs={model_picker, widgets.presets.styles, widgets.presets.negatives, *widgets.fields.values()},
         outputs=outputs,
-        concurrency_limit=1, concurrency_id="gpu", api_name=widgets.mode, show_progress="minimal",
+        concurrency_limit=1, concurrency_id="gpu", api_name=False, show_progress="minimal",
     )  # fmt: skip
 
     def stop(request: gr.Request) -> None:

@@ -1,0 +1,345 @@
+"""AUTOMATIC1111-compatible REST API under ``/sdapi/v1`` (``--api``): same engine, same GPU queue.
+
+Clients written for A1111 (webuiapi, chat bots, Krita and Photoshop plugins) send many fields
+Atelier does not use; those are accepted and ignored (logged once each), never a 422. Errors are
+4xx JSON bodies that say what was wrong. With ``--auth`` the API wants HTTP basic credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image, PngImagePlugin
+
+from pipelines import infotext, samplers
+from pipelines.engine import Engine, Result
+from pipelines.errors import AtelierError, BadRequest
+from pipelines.outputs import image_metadata
+from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
+from presets.store import PresetError, PresetLibrary
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_PIXELS = 4096 * 4096
+# A1111 request field -> Atelier field, for fields that mean the same under another name.
+RENAMED = {"n_iter": "batch_count", "scheduler": "schedule_type", "inpainting_mask_invert": "invert_mask",
+           "inpaint_full_res": "only_masked", "inpaint_full_res_padding": "only_masked_padding"}  # fmt: skip
+USED = {"prompt", "negative_prompt", "styles", "seed", "sampler_name", "sampler_index", "batch_size", "steps",
+        "cfg_scale", "width", "height", "denoising_strength", "clip_skip", "override_settings", "send_images",
+        "save_images", "init_images", "resize_mode", "mask", "mask_blur", "inpainting_fill", "include_init_images",
+        *RENAMED}  # fmt: skip
+
+
+class ApiState:
+    """What the API remembers between calls: fields already reported as ignored."""
+
+    def __init__(self) -> None:
+        self.ignored: set[str] = set()
+
+    def note_ignored(self, payload: dict[str, Any]) -> None:
+        new = sorted(set(payload) - USED - self.ignored)
+        if new:
+            self.ignored.update(new)
+            log.info("REST API: ignoring fields Atelier does not use: %s", ", ".join(new))
+
+
+def error(status: int, kind: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": kind, "detail": detail, "errors": detail}, status_code=status)
+
+
+def decode_image(data: Any, what: str) -> Image.Image:
+    """A base64 image (data URLs too) -> RGB/L PIL image, with a pixel limit against decompression bombs."""
+    if not isinstance(data, str) or not data.strip():
+        raise BadRequest(f"{what} must be a base64-encoded image, got {type(data).__name__}")
+    raw_text = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        raw = base64.b64decode(raw_text, validate=False)
+        image = Image.open(io.BytesIO(raw))
+        if image.width * image.height > MAX_UPLOAD_PIXELS:
+            raise BadRequest(f"{what} is {image.width}x{image.height}: larger than {MAX_UPLOAD_PIXELS} pixels")
+        image.load()
+    except BadRequest:
+        raise
+    except (binascii.Error, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadRequest(f"{what} is not a readable image ({exc})") from exc
+    return image
+
+
+def encode_png(image: Image.Image, text: str) -> str:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _number(payload: dict[str, Any], name: str, kind: Callable[[Any], Any], default: Any) -> Any:
+    value = payload.get(name, default)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"{name} must be a number, got {value!r}") from exc
+
+
+def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) -> Txt2Img:
+    """A1111 JSON -> Atelier request; styles applied the way A1111 applies them."""
+    prompt, negative = str(payload.get("prompt") or ""), str(payload.get("negative_prompt") or "")
+    styles = payload.get("styles") or []
+    if styles:
+        known = {s.name for s in library.styles()}
+        try:
+            prompt, negative = library.compose(
+                prompt, negative, [s for s in styles if s in known], [s for s in styles if s not in known]
+            )
+        except PresetError as exc:
+            raise BadRequest(str(exc)) from exc
+    settings = payload.get("override_settings") or {}
+    fields: dict[str, Any] = {
+        "prompt": prompt, "negative_prompt": negative,
+        "model": str(settings.get("sd_model_checkpoint") or ""),
+        "sampler_name": str(payload.get("sampler_name") or payload.get("sampler_index") or samplers.DEFAULT_SAMPLER),
+        "schedule_type": str(payload.get("scheduler") or "Automatic"),
+        "steps": _number(payload, "steps", int, 50), "cfg_scale": _number(payload, "cfg_scale", float, 7.0),
+        "width": _number(payload, "width", int, 512), "height": _number(payload, "height", int, 512),
+        "seed": _number(payload, "seed", int, -1), "batch_size": _number(payload, "batch_size", int, 1),
+        "batch_count": _number(payload, "n_iter", int, 1),
+        "clip_skip": _number(payload, "clip_skip", int, int(settings.get("CLIP_stop_at_last_layers") or 1)),
+    }  # fmt: skip
+    if mode == "txt2img":
+        return Txt2Img(**fields)
+    images = payload.get("init_images") or []
+    if not isinstance(images, list) or not images:
+        raise BadRequest("img2img needs init_images: a list with one base64 image")
+    fields |= {
+        "init_image": decode_image(images[0], "init_images[0]").convert("RGB"),
+        "denoising_strength": _number(payload, "denoising_strength", float, 0.75),
+        "resize_mode": RESIZE_MODES[min(2, max(0, _number(payload, "resize_mode", int, 0))) % 3],
+    }
+    if payload.get("mask") in (None, ""):
+        return Img2Img(**fields)
+    fill = _number(payload, "inpainting_fill", int, 1)
+    return Inpaint(
+        **fields,
+        mask=decode_image(payload["mask"], "mask"),
+        mask_blur=_number(payload, "mask_blur", int, 4),
+        only_masked=bool(payload.get("inpaint_full_res", True)),
+        only_masked_padding=_number(payload, "inpaint_full_res_padding", int, 32),
+        masked_content=MASKED_CONTENT[fill] if 0 <= fill < len(MASKED_CONTENT) else "original",
+        invert_mask=bool(_number(payload, "inpainting_mask_invert", int, 0)),
+    )
+
+
+def response(result: Result, payload: dict[str, Any], engine: Engine) -> dict[str, Any]:
+    request = result.request
+    info = {
+        "prompt": request.prompt, "all_prompts": [request.prompt] * len(result.seeds),
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * len(result.seeds),
+        "seed": result.seeds[0], "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * len(result.seeds),
+        "subseed_strength": 0, "width": request.width, "height": request.height, "sampler_name": request.sampler_name,
+        "scheduler": request.schedule_type, "cfg_scale": request.cfg_scale, "steps": request.steps,
+        "batch_size": request.batch_size, "restore_faces": False, "sd_model_name": result.model,
+        "sd_model_hash": result.model_hash, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": getattr(request, "denoising_strength", None), "clip_skip": request.clip_skip,
+        "infotexts": result.infotexts, "styles": payload.get("styles") or [], "notes": result.notes,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "is_using_inpainting_conditioning": False,
+        "version": infotext.VERSION,
+    }  # fmt: skip
+    send = payload.get("send_images", True)
+    images = (
+        [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=True)] if send else []
+    )
+    if payload.get("include_init_images") and isinstance(request, Img2Img):
+        images += [encode_png(request.init_image, "")]
+    parameters = {k: v for k, v in payload.items() if k not in ("init_images", "mask")}
+    return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
+
+
+def mount_api(
+    app: FastAPI, engine: Engine, library: PresetLibrary, users: list[tuple[str, str]], flags: dict[str, Any]
+) -> None:
+    """Add the routes to Gradio's FastAPI app (they do not pass Gradio's login: basic auth guards them)."""
+    router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(_auth_guard(users))])
+    state = ApiState()
+
+    def generate(mode: str) -> Callable[[Request], Any]:
+        async def route(request: Request) -> Any:
+            payload = await _json(request)
+            if isinstance(payload, JSONResponse):
+                return payload
+            state.note_ignored(payload)
+            from starlette.concurrency import run_in_threadpool
+
+            try:
+                job_request = build_request(payload, library, mode)
+                result = await run_in_threadpool(
+                    engine.generate, job_request, None, None, 0, bool(payload.get("save_images"))
+                )
+            except AtelierError as exc:
+                return error(exc.http_status if exc.http_status < 500 else 500, type(exc).__name__, str(exc))
+            return response(result, payload, engine)
+
+        return route
+
+    router.add_api_route("/txt2img", generate("txt2img"), methods=["POST"], summary="Text to image (A1111 fields)")
+    router.add_api_route("/img2img", generate("img2img"), methods=["POST"], summary="Image to image / inpaint")
+    _add_info_routes(router, engine, library, flags)
+    app.include_router(router)
+
+    def docs() -> Any:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Atelier REST API")
+
+    app.add_api_route("/sdapi/docs", docs, methods=["GET"], include_in_schema=False)
+
+
+def _auth_guard(users: list[tuple[str, str]]) -> Callable[..., None]:
+    basic = HTTPBasic(auto_error=False)
+
+    def guard(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        if not users:
+            return
+        ok = credentials is not None and any(
+            secrets.compare_digest(credentials.username, user)
+            and secrets.compare_digest(credentials.password, password)
+            for user, password in users
+        )
+        if not ok:
+            raise HTTPException(401, "this server needs a user name and password", {"WWW-Authenticate": "Basic"})
+
+    return guard
+
+
+async def _json(request: Request) -> dict[str, Any] | JSONResponse:
+    try:
+        payload = json.loads(await request.body() or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return error(400, "BadRequest", f"the body is not valid JSON ({exc})")
+    if not isinstance(payload, dict):
+        return error(400, "BadRequest", f"the body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _add_info_routes(router: APIRouter, engine: Engine, library: PresetLibrary, flags: dict[str, Any]) -> None:
+    def sd_models() -> list[dict[str, Any]]:
+        usable = [e for e in engine.list_models() if not e.refused and (e.source != "hub" or e.cached)]
+        return [{"title": e.name, "model_name": e.name, "hash": None, "sha256": None, "filename": e.location,
+                 "config": None} for e in usable]  # fmt: skip
+
+    def options() -> dict[str, Any]:
+        return {"sd_model_checkpoint": engine.default_model, "samples_format": engine.outputs.image_format,
+                "outdir_samples": str(engine.settings.outputs_dir), "CLIP_stop_at_last_layers": 1}  # fmt: skip
+
+    async def set_options(request: Request) -> Any:
+        payload = await _json(request)
+        if isinstance(payload, JSONResponse):
+            return payload
+        name = payload.get("sd_model_checkpoint")
+        if name:
+            from starlette.concurrency import run_in_threadpool
+
+            try:
+                await run_in_threadpool(engine.load, str(name))
+            except AtelierError as exc:
+                return error(exc.http_status if exc.http_status < 500 else 500, type(exc).__name__, str(exc))
+            engine.settings.default_model = str(name)
+        return None
+
+    def progress() -> dict[str, Any]:
+        job = engine.current_job
+        if job is None or not job.total:
+            return {
+                "progress": 0.0,
+                "eta_relative": 0.0,
+                "state": {"job_count": 0, "interrupted": False},
+                "current_image": None,
+                "textinfo": None,
+            }
+        done = job.step / job.total
+        elapsed = time.perf_counter() - job.started
+        preview = encode_png(job.preview, "") if job.preview is not None else None
+        state = {"skipped": False, "interrupted": job.interrupted, "job": job.id, "job_count": 1, "job_no": 0,
+                 "sampling_step": job.step, "sampling_steps": job.total,
+                 "job_timestamp": time.strftime("%Y%m%d%H%M%S")}  # fmt: skip
+        eta = elapsed / done - elapsed if done else 0.0
+        return {
+            "progress": done,
+            "eta_relative": eta,
+            "state": state,
+            "current_image": preview,
+            "textinfo": f"Step {job.step}/{job.total}",
+        }
+
+    async def png_info(request: Request) -> Any:
+        payload = await _json(request)
+        if isinstance(payload, JSONResponse):
+            return payload
+        try:
+            image = decode_image(payload.get("image"), "image")
+        except BadRequest as exc:
+            return error(422, "BadRequest", str(exc))
+        items = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if isinstance(v, str)}
+        text = image_metadata(image).get("parameters", "")
+        return {"info": text, "items": items, "parameters": infotext.parse_infotext(text) if text else {}}
+
+    def styles() -> list[dict[str, str]]:
+        found = [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in library.styles()]
+        return found + [
+            {"name": n.name, "prompt": "", "negative_prompt": n.negative_prompt} for n in library.negatives()
+        ]
+
+    def memory() -> dict[str, Any]:
+        import torch
+
+        page, pages = _sysconf("SC_PAGE_SIZE"), _sysconf("SC_PHYS_PAGES")
+        available = _sysconf("SC_AVPHYS_PAGES")
+        ram = {"total": page * pages, "free": page * available, "used": page * (pages - available)}
+        if not torch.cuda.is_available():
+            return {"ram": ram, "cuda": {"error": "no CUDA device"}}
+        free, total = torch.cuda.mem_get_info()
+        return {"ram": ram, "cuda": {"system": {"free": free, "used": total - free, "total": total}}}
+
+    router.add_api_route("/sd-models", sd_models, methods=["GET"])
+    router.add_api_route("/refresh-checkpoints", lambda: None, methods=["POST"])
+    router.add_api_route(
+        "/samplers",
+        lambda: [{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in samplers.SAMPLERS],
+        methods=["GET"],
+    )
+    router.add_api_route(
+        "/schedulers",
+        lambda: [{"name": n, "label": n, "aliases": None} for n in samplers.SCHEDULE_TYPES],
+        methods=["GET"],
+    )
+    router.add_api_route("/options", options, methods=["GET"])
+    router.add_api_route("/options", set_options, methods=["POST"])
+    router.add_api_route("/progress", progress, methods=["GET"])
+    router.add_api_route("/interrupt", lambda: bool(engine.interrupt()) and None, methods=["POST"])
+    router.add_api_route("/skip", lambda: bool(engine.interrupt()) and None, methods=["POST"])
+    router.add_api_route("/png-info", png_info, methods=["POST"])
+    router.add_api_route("/prompt-styles", styles, methods=["GET"])
+    router.add_api_route("/cmd-flags", lambda: flags, methods=["GET"])
+    router.add_api_route("/memory", memory, methods=["GET"])
+
+
+def _sysconf(name: str) -> int:
+    import os
+
+    try:
+        return int(os.sysconf(name))
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -1,0 +1,90 @@
+"""Named Gradio endpoints for scripts: ``/txt2img``, ``/img2img``, ``/inpaint``.
+
+Each takes documented, typed parameters (``gradio_client`` shows them with ``view_api()``) and
+returns ``{"images": [base64 PNG, ...], "seeds", "infotexts", "notes"}``; the PNGs carry their
+infotext. Pictures go in as base64 strings, as in the REST API. They share the GPU slot with the page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from pipelines.engine import Engine
+from pipelines.errors import AtelierError
+from pipelines.requests import Img2Img, Inpaint, Txt2Img
+from presets.store import PresetError, PresetLibrary
+
+from .api import decode_image, encode_png
+
+
+def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
+    def run(request: Txt2Img, styles: list[str] | None, save: bool) -> dict[str, Any]:
+        try:
+            known = {style.name for style in library.styles()}
+            chosen = list(styles or [])
+            request.prompt, request.negative_prompt = library.compose(
+                request.prompt,
+                request.negative_prompt,
+                [s for s in chosen if s in known],
+                [s for s in chosen if s not in known],
+            )
+            result = engine.generate(request, save=save)
+        except (AtelierError, PresetError) as exc:
+            raise gr.Error(str(exc)) from exc
+        images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=True)]
+        return {"images": images, "seeds": result.seeds, "infotexts": result.infotexts, "notes": result.notes}
+
+    def txt2img(
+        prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M",
+        schedule_type: str = "Karras", width: int = 0, height: int = 0, seed: int = -1, batch_size: int = 1,
+        batch_count: int = 1, clip_skip: int = 1, model: str = "", styles: list[str] | None = None, save: bool = True,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Text to image. width/height 0 = the model's native size; seed -1 = random; styles are style or
+        negative-preset names; save=True also stores the images in the gallery."""
+        request = Txt2Img(
+            prompt, negative_prompt, model, sampler_name, schedule_type, int(steps), float(cfg_scale), int(width),
+            int(height), int(seed), int(batch_size), int(batch_count), int(clip_skip),
+        )  # fmt: skip
+        return run(request, styles, save)
+
+    def img2img(
+        init_image: str, prompt: str = "", negative_prompt: str = "", denoising_strength: float = 0.75,
+        steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M", schedule_type: str = "Karras",
+        width: int = 0, height: int = 0, seed: int = -1, resize_mode: str = "just resize", model: str = "",
+        styles: list[str] | None = None, save: bool = True,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Image to image. init_image is a base64 PNG/JPEG; width/height 0 = the picture's size."""
+        picture = _picture(init_image, "init_image")
+        request = Img2Img(
+            prompt, negative_prompt, model, sampler_name, schedule_type, int(steps), float(cfg_scale), int(width),
+            int(height), int(seed), init_image=picture, denoising_strength=float(denoising_strength),
+            resize_mode=resize_mode,
+        )  # fmt: skip
+        return run(request, styles, save)
+
+    def inpaint(
+        init_image: str, mask: str, prompt: str = "", negative_prompt: str = "", denoising_strength: float = 0.75,
+        mask_blur: int = 4, only_masked: bool = False, only_masked_padding: int = 32, masked_content: str = "original",
+        invert_mask: bool = False, steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M",
+        seed: int = -1, model: str = "", styles: list[str] | None = None, save: bool = True,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Inpaint: mask is a base64 image, white = redraw. Pixels outside the (blurred) mask are kept."""
+        request = Inpaint(
+            prompt, negative_prompt, model, sampler_name, steps=int(steps), cfg_scale=float(cfg_scale), seed=int(seed),
+            init_image=_picture(init_image, "init_image"), mask=_picture(mask, "mask"),
+            denoising_strength=float(denoising_strength), mask_blur=int(mask_blur), only_masked=bool(only_masked),
+            only_masked_padding=int(only_masked_padding), masked_content=masked_content, invert_mask=bool(invert_mask),
+        )  # fmt: skip
+        return run(request, styles, save)
+
+    for function in (txt2img, img2img, inpaint):
+        gr.api(function, api_name=function.__name__, concurrency_limit=1, concurrency_id="gpu")
+
+
+def _picture(data: str, what: str) -> Any:
+    try:
+        return decode_image(data, what)
+    except AtelierError as exc:
+        raise gr.Error(str(exc)) from exc

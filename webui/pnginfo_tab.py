@@ -1,0 +1,88 @@
+"""The PNG Info tab: the parameters inside any image (Atelier, A1111, Forge, SD.Next, ...), and
+"send to" buttons that fill every field they know."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from pipelines import infotext
+from pipelines.outputs import read_metadata
+
+from .presets_ui import fill_fields
+from .widgets import GenerationWidgets, grid_size
+
+
+def fields_from_image(path: str | None) -> dict[str, Any]:
+    """Request fields stored in an image: Atelier's own JSON when present (lossless), else the
+    A1111 infotext parsed. Empty when the image carries neither."""
+    if not path:
+        return {}
+    metadata = read_metadata(path)
+    if metadata.get("atelier"):
+        return dict(metadata["atelier"])
+    text = metadata.get("parameters", "")
+    return infotext.request_fields(infotext.parse_infotext(text)) if text else {}
+
+
+def text_chunks(path: str) -> str:
+    """Every text chunk of the file, for images from tools that do not write A1111's format."""
+    try:
+        with Image.open(path) as image:
+            chunks = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if k != "atelier"}
+    except (OSError, ValueError, SyntaxError) as exc:
+        return f"Not a readable image: {exc}"
+    return json.dumps(chunks, indent=2, ensure_ascii=False)[:20_000] if chunks else ""
+
+
+def build_png_info_tab(tabs: gr.Tabs, targets: list[GenerationWidgets]) -> None:
+    with gr.Row(equal_height=False):
+        image = gr.Image(label="Drop an image", type="filepath", sources=["upload", "clipboard"], height=360)
+        with gr.Column():
+            parameters = gr.Textbox(
+                label="Parameters", lines=8, interactive=False, buttons=["copy"], elem_id="pnginfo-parameters"
+            )
+            with gr.Row():
+                buttons = {w.mode: gr.Button(f"Send to {_label(w.mode)}", size="sm") for w in targets}
+            with gr.Accordion("All text stored in the file", open=False):
+                chunks = gr.Code(language="json", interactive=False)
+
+    def read(path: str | None) -> tuple[str, str]:
+        if not path:
+            return "", ""
+        text = read_metadata(path).get("parameters") or "No generation parameters found in this image."
+        return text, text_chunks(path)
+
+    image.change(read, image, [parameters, chunks])
+    for widgets in targets:
+        wire_send(image, buttons[widgets.mode], widgets, tabs)
+
+
+def wire_send(image: gr.Image, button: gr.Button, target: GenerationWidgets, tabs: gr.Tabs) -> None:
+    """Fill the target tab's fields from the image's parameters (and its picture, for picture tabs)."""
+    fields = {name: widget for name, widget in target.fields.items() if name not in ("init_image", "mask")}
+    outputs = list(fields.values())
+    with_picture = "init_image" in target.fields
+    if with_picture:
+        outputs.append(target.fields["init_image"])
+
+    def send(path: str | None) -> list[Any]:
+        if not path:
+            raise gr.Error("Drop an image first.")
+        values = fields_from_image(path)
+        if not values and not with_picture:
+            raise gr.Error("This image carries no generation parameters.")
+        if with_picture:
+            with Image.open(path) as picture:
+                values["width"], values["height"] = grid_size(picture.size)
+        filled = fill_fields(fields, values)
+        return [*filled, *([path] if with_picture else []), gr.Tabs(selected=target.mode)]
+
+    button.click(send, image, [*outputs, tabs])
+
+
+def _label(mode: str) -> str:
+    return {"txt2img": "Text to Image", "img2img": "Image to Image", "inpaint": "Inpaint"}[mode]
