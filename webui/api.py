@@ -76,9 +76,12 @@ def decode_image(data: Any, what: str) -> Image.Image:
     return image
 
 
-def encode_png(image: Image.Image, text: str) -> str:
+def encode_png(image: Image.Image, text: str, fields: dict[str, Any] | None = None) -> str:
+    """A base64 PNG carrying A1111's infotext and, like saved files, Atelier's full request."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
+    if fields is not None:
+        info.add_text("atelier", json.dumps(fields, ensure_ascii=False, default=str))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return base64.b64encode(buffer.getvalue()).decode()
@@ -142,6 +145,12 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
     )
 
 
+def encoded_images(result: Result) -> list[str]:
+    fields = result.request.fields() | {"model": result.model}
+    triples = zip(result.images, result.infotexts, result.seeds, strict=True)
+    return [encode_png(image, text, fields | {"seed": seed}) for image, text, seed in triples]
+
+
 def response(result: Result, payload: dict[str, Any], engine: Engine) -> dict[str, Any]:
     request = result.request
     info = {
@@ -159,9 +168,7 @@ def response(result: Result, payload: dict[str, Any], engine: Engine) -> dict[st
         "version": infotext.VERSION,
     }  # fmt: skip
     send = payload.get("send_images", True)
-    images = (
-        [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=True)] if send else []
-    )
+    images = encoded_images(result) if send else []
     if payload.get("include_init_images") and isinstance(request, Img2Img):
         images += [encode_png(request.init_image, "")]
     parameters = {k: v for k, v in payload.items() if k not in ("init_images", "mask")}

@@ -16,7 +16,7 @@ from pipelines.errors import AtelierError
 from pipelines.requests import Img2Img, Inpaint, Txt2Img
 from presets.store import PresetError, PresetLibrary
 
-from .api import decode_image, encode_png
+from .api import decode_image, encoded_images
 
 
 def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
@@ -33,8 +33,12 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
             result = engine.generate(request, save=save)
         except (AtelierError, PresetError) as exc:
             raise gr.Error(str(exc)) from exc
-        images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=True)]
-        return {"images": images, "seeds": result.seeds, "infotexts": result.infotexts, "notes": result.notes}
+        return {
+            "images": encoded_images(result),
+            "seeds": result.seeds,
+            "infotexts": result.infotexts,
+            "notes": result.notes,
+        }
 
     def txt2img(
         prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M",
