@@ -19,7 +19,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, PngImagePlugin
 
 from pipelines import infotext, samplers
@@ -129,7 +128,10 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
     fields |= {
         "init_image": decode_image(images[0], "init_images[0]").convert("RGB"),
         "denoising_strength": _number(payload, "denoising_strength", float, 0.75),
-        "resize_mode": RESIZE_MODES[min(2, max(0, _number(payload, "resize_mode", int, 0))) % 3],
+        # A1111's 3 is "just resize (latent upscale)": the nearest Atelier has is "just resize".
+        "resize_mode": RESIZE_MODES[mode]
+        if 0 <= (mode := _number(payload, "resize_mode", int, 0)) < 3
+        else RESIZE_MODES[0],
     }
     if payload.get("mask") in (None, ""):
         return Img2Img(**fields)
@@ -215,18 +217,29 @@ def mount_api(
 
 
 def _auth_guard(users: list[tuple[str, str]]) -> Callable[..., None]:
-    basic = HTTPBasic(auto_error=False)
+    """HTTP basic auth, read as UTF-8 (RFC 7617; FastAPI's HTTPBasic only reads ASCII), compared as bytes."""
+    accounts = [(user.encode(), password.encode()) for user, password in users]
 
-    def guard(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if not users:
+    def guard(request: Request) -> None:
+        if not accounts:
             return
-        ok = credentials is not None and any(
-            secrets.compare_digest(credentials.username, user)
-            and secrets.compare_digest(credentials.password, password)
-            for user, password in users
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        user = password = None
+        if scheme.lower() == "basic":
+            try:
+                user, colon, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+            except (ValueError, binascii.Error):
+                colon = b""
+            if not colon:
+                user = password = None
+        ok = user is not None and any(
+            secrets.compare_digest(user, known_user) & secrets.compare_digest(password, known_password)
+            for known_user, known_password in accounts
         )
         if not ok:
-            raise HTTPException(401, "this server needs a user name and password", {"WWW-Authenticate": "Basic"})
+            raise HTTPException(
+                401, "this server needs a user name and password", {"WWW-Authenticate": 'Basic charset="UTF-8"'}
+            )
 
     return guard
 
@@ -301,7 +314,12 @@ def _add_info_routes(router: APIRouter, engine: Engine, library: PresetLibrary, 
             return error(422, "BadRequest", str(exc))
         items = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if isinstance(v, str)}
         text = image_metadata(image).get("parameters", "")
-        return {"info": text, "items": items, "parameters": infotext.parse_infotext(text) if text else {}}
+        parameters = infotext.parse_infotext(text) if text else {}
+        if parameters:  # A1111's /png-info names the prompts "Prompt" and "Negative prompt"
+            prompts = {"Prompt": parameters.pop("prompt"), "Negative prompt": parameters.pop("negative_prompt")}
+            parameters = prompts | parameters
+        items.pop("parameters", None)  # as A1111: items are the image's other text chunks
+        return {"info": text, "items": items, "parameters": parameters}
 
     def styles() -> list[dict[str, str]]:
         found = [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in library.styles()]
