@@ -78,11 +78,15 @@ def build_engine(args: argparse.Namespace) -> Any:
 
 def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
     """Build everything and start the server; returns the Gradio app (for tests and benches)."""
+    from PIL import Image
+
     import webui
     from presets.store import PresetLibrary
     from webui.app import CSS
     from webui.state import SettingsStore
 
+    # Uploads are decoded by PIL: refuse decompression bombs well below PIL's own 89-megapixel limit.
+    Image.MAX_IMAGE_PIXELS = 4096 * 4096 * 2
     auth = credentials(args)
     if (args.share or args.listen) and not auth:
         log.warning("!" * 72)
