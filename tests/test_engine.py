@@ -255,3 +255,30 @@ def test_the_mask_is_fitted_like_the_picture(engine: Engine) -> None:
     out = pixels(result.images[0])
     assert np.array_equal(out[:, :50], np.full((128, 50, 3), (200, 30, 30)))  # the old left quarter is not redrawn
     assert np.abs(out[:, 66:74] - np.array((200, 30, 30))).mean() > 10  # the middle band is
+
+
+def test_out_of_memory_is_a_clear_error_and_the_next_job_works(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulated: the first denoise raises torch's OOM; the engine frees, explains, and recovers."""
+    import torch
+
+    from pipelines.errors import OutOfMemory
+
+    real_view = engine.manager.view
+    calls = {"n": 0}
+
+    def view_that_runs_out(*args: object, **kwargs: object) -> object:
+        pipe = real_view(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+
+            def exhausted(**_: object) -> object:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+            return exhausted
+        return pipe
+
+    monkeypatch.setattr(engine.manager, "view", view_that_runs_out)
+    with pytest.raises(OutOfMemory, match="ran out of memory at 64x64, batch 1: use a smaller size"):
+        engine.generate(Txt2Img(prompt="too big", **FAST))
+    assert engine.current_job is None and not engine.busy
+    assert engine.generate(Txt2Img(prompt="fits", seed=1, **FAST)).images[0].size == (64, 64)

@@ -207,3 +207,17 @@ def test_a_dangling_link_in_the_models_folder_is_skipped(tmp_path: Path, demo_fo
     engine = Engine(EngineSettings(models_dir=models))
     assert [entry.name for entry in catalog.list_local(models)] == ["good"]
     assert engine.default_model == "good"
+
+
+def test_a_model_that_fails_to_load_leaves_the_loaded_one_working(tmp_path: Path, demo_folder: Path) -> None:
+    models = _models_dir_with(tmp_path, demo_folder, "good")
+    (models / "truncated.safetensors").write_bytes(
+        (demo_folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()[:4096]
+    )
+    engine = Engine(EngineSettings(models_dir=models))
+    before = engine.generate(Txt2Img(model="good", **FAST)).images[0]
+    with pytest.raises(ModelUnavailable, match=r"truncated\.safetensors"):
+        engine.generate(Txt2Img(model="truncated.safetensors", **FAST))
+    after = engine.generate(Txt2Img(model="good", **FAST)).images[0]
+    assert np.array_equal(pixels(before), pixels(after))
+    assert [m.name for m in engine.manager.loaded()] == ["good"]
