@@ -92,13 +92,14 @@ class Txt2Img:
             if not _is_int(value) or value == 0:
                 continue
             if not limits.min_side <= value <= limits.max_side:
-                problems.append(f"{side} must be between {limits.min_side} and {limits.max_side}, got {value}")
+                problems.append(f"{side} must be between {limits.min_side} and {limits.max_side}, got {_shown(value)}")
             elif value % 8:
                 rounded = max(limits.min_side, round(value / 8) * 8)
                 notes.append(f"{side} {value} is not a multiple of 8: using {rounded}")
                 changes[side] = rounded
         width, height = changes.get("width", self.width), changes.get("height", self.height)
-        if _is_int(width) and _is_int(height) and width * height > limits.max_pixels:
+        sides_in_range = all(_is_int(s) and limits.min_side <= s <= limits.max_side for s in (width, height))
+        if sides_in_range and width * height > limits.max_pixels:  # a side out of range is reported above
             problems.append(
                 f"size {width}x{height} is {width * height} pixels, more than this device allows "
                 f"({limits.max_pixels}); use a smaller size or --medvram"
@@ -126,9 +127,9 @@ class Img2Img(Txt2Img):
         if not isinstance(self.init_image, Image.Image):
             problems.append(f"{self.mode} needs an init image, got {type(self.init_image).__name__}")
         if not _is_number(self.denoising_strength) or not 0.0 <= self.denoising_strength <= 1.0:
-            problems.append(f"denoising_strength must be between 0 and 1, got {self.denoising_strength!r}")
+            problems.append(f"denoising_strength must be between 0 and 1, got {_shown(self.denoising_strength)}")
         if self.resize_mode not in RESIZE_MODES:
-            problems.append(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
+            problems.append(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {_shown(self.resize_mode)}")
 
 
 @dataclass
@@ -151,11 +152,16 @@ class Inpaint(Img2Img):
         if not isinstance(self.mask, Image.Image):
             problems.append(f"inpaint needs a mask image, got {type(self.mask).__name__}")
         if not _is_int(self.mask_blur) or not 0 <= self.mask_blur <= 64:
-            problems.append(f"mask_blur must be between 0 and 64, got {self.mask_blur!r}")
+            problems.append(f"mask_blur must be between 0 and 64, got {_shown(self.mask_blur)}")
         if not _is_int(self.only_masked_padding) or not 0 <= self.only_masked_padding <= 256:
-            problems.append(f"only_masked_padding must be between 0 and 256, got {self.only_masked_padding!r}")
+            problems.append(f"only_masked_padding must be between 0 and 256, got {_shown(self.only_masked_padding)}")
         if self.masked_content not in MASKED_CONTENT:
-            problems.append(f"masked_content must be one of {', '.join(MASKED_CONTENT)}, got {self.masked_content!r}")
+            problems.append(
+                f"masked_content must be one of {', '.join(MASKED_CONTENT)}, got {_shown(self.masked_content)}"
+            )
+        for name in ("invert_mask", "only_masked"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {_shown(getattr(self, name))}")
 
 
 Request = Txt2Img  # every mode's request is a Txt2Img (Img2Img and Inpaint extend it)
@@ -166,7 +172,18 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if _is_int(value):
+        return True  # exact: an int too big for a float fails the range check that follows, not isfinite()
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: its repr, shortened. Never raises (ints over 4300 digits have no str())."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= 100 else f"{text[:97]}..."
 
 
 def _check_text(request: Txt2Img, limits: Limits, problems: list[str]) -> None:
@@ -189,11 +206,11 @@ def _check_numbers(request: Txt2Img, limits: Limits, problems: list[str]) -> Non
     for name, (low, high) in ranges.items():
         value = getattr(request, name)
         if not _is_int(value):
-            problems.append(f"{name} must be a whole number, got {value!r}")
+            problems.append(f"{name} must be a whole number, got {_shown(value)}")
         elif not low <= value <= high:
-            problems.append(f"{name} must be between {low} and {high}, got {value}")
+            problems.append(f"{name} must be between {low} and {high}, got {_shown(value)}")
     if not _is_number(request.cfg_scale) or not 0.0 <= request.cfg_scale <= 30.0:
-        problems.append(f"cfg_scale must be between 0 and 30, got {request.cfg_scale!r}")
+        problems.append(f"cfg_scale must be between 0 and 30, got {_shown(request.cfg_scale)}")
     for side in ("width", "height"):
         if not _is_int(getattr(request, side)):
-            problems.append(f"{side} must be a whole number of pixels, got {getattr(request, side)!r}")
+            problems.append(f"{side} must be a whole number of pixels, got {_shown(getattr(request, side))}")

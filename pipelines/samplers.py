@@ -64,8 +64,10 @@ def sampler_names() -> list[str]:
 def resolve(sampler_name: str, schedule_type: str | None = None) -> tuple[Sampler, str]:
     """Find the sampler and schedule type for A1111 names, old one-word forms included.
 
-    Raises ``KeyError`` with the known names when nothing matches.
+    Raises ``KeyError`` with the known names when nothing matches (and for names that are not text).
     """
+    if not isinstance(sampler_name, str):
+        raise KeyError(f"sampler_name must be text, got {type(sampler_name).__name__}")
     wanted = _key(sampler_name)
     schedule = schedule_type or "Automatic"
     for suffix in SCHEDULE_TYPES:
@@ -78,6 +80,8 @@ def resolve(sampler_name: str, schedule_type: str | None = None) -> tuple[Sample
             break
     else:
         raise KeyError(f"unknown sampler '{sampler_name}'; known: {', '.join(sampler_names())}")
+    if schedule_type is not None and not isinstance(schedule_type, str):
+        raise KeyError(f"schedule_type must be text, got {type(schedule_type).__name__}")
     matches = [t for t in SCHEDULE_TYPES if t.lower() == schedule.lower()]
     if not matches:
         raise KeyError(f"unknown schedule type '{schedule}'; known: {', '.join(SCHEDULE_TYPES)}")

@@ -70,7 +70,9 @@ def decode_image(data: Any, what: str) -> Image.Image:
         image.load()
     except BadRequest:
         raise
-    except (binascii.Error, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadRequest(f"{what} is larger than {MAX_UPLOAD_PIXELS} pixels ({exc})") from exc
+    except (binascii.Error, OSError, ValueError) as exc:
         raise BadRequest(f"{what} is not a readable image ({exc})") from exc
     return image
 
@@ -92,7 +94,7 @@ def _number(payload: dict[str, Any], name: str, kind: Callable[[Any], Any], defa
         return default
     try:
         return kind(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(1e400), float(10**400)
         raise BadRequest(f"{name} must be a number, got {value!r}") from exc
 
 
