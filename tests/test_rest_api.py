@@ -434,3 +434,15 @@ def test_sd_parsers_reads_an_atelier_png(sample: webuiapi.WebUIApiResult) -> Non
     assert sampler.parameters["scheduler"] == "Karras"
     assert sampler.model is not None and sampler.model.name == "demo"
     assert found.metadata["Size"] == "128x128"
+
+
+def test_an_oversized_body_is_refused(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    import webui.api
+
+    monkeypatch.setattr(webui.api, "MAX_BODY_BYTES", 1000)
+    body = b'{"prompt": "' + b"x" * 5000 + b'"}'
+    url = f"http://127.0.0.1:{server.port}/sdapi/v1/txt2img"
+    response = httpx.post(url, content=body, timeout=30)
+    assert response.status_code == 413 and "larger than" in response.json()["detail"]
+    chunked = httpx.post(url, content=iter([body[:600], body[600:]]), timeout=30)  # no length header
+    assert chunked.status_code == 413

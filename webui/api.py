@@ -31,6 +31,7 @@ from presets.store import PresetError, PresetLibrary
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_PIXELS = 4096 * 4096
+MAX_BODY_BYTES = 150 * 2**20  # two 50 MB pictures in base64, with room for the rest
 # A1111 request field -> Atelier field, for fields that mean the same under another name.
 RENAMED = {"n_iter": "batch_count", "scheduler": "schedule_type", "inpainting_mask_invert": "invert_mask",
            "inpaint_full_res": "only_masked", "inpaint_full_res_padding": "only_masked_padding"}  # fmt: skip
@@ -247,8 +248,16 @@ def _auth_guard(users: list[tuple[str, str]]) -> Callable[..., None]:
 
 
 async def _json(request: Request) -> dict[str, Any] | JSONResponse:
+    too_big = error(413, "PayloadTooLarge", f"the body is larger than {MAX_BODY_BYTES // 2**20} MB")
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        return too_big
+    body = bytearray()
+    async for chunk in request.stream():  # counted as it arrives: chunked bodies have no length header
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return too_big
     try:
-        payload = json.loads(await request.body() or b"{}")
+        payload = json.loads(bytes(body) or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, "BadRequest", f"the body is not valid JSON ({exc})")
     if not isinstance(payload, dict):
