@@ -97,6 +97,7 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
     if library.problem:
         log.error(library.problem)
     app = webui.build_app(engine, SettingsStore(args.data_dir), library)
+    routes = _api_routes(args, engine, library, auth) if args.api else []
     app.queue(max_size=args.queue_size, default_concurrency_limit=4)
     app.launch(
         server_name="0.0.0.0" if args.listen else "127.0.0.1",
@@ -108,16 +109,10 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
         prevent_thread_lock=True,
         css=CSS,
         quiet=True,
+        app_kwargs={"routes": routes},  # in place before the server answers: no 404s right after start
     )
     if args.api:
-        from webui.api import mount_api
-
-        flags = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-        flags["auth"] = ["***"] * len(args.auth)  # never hand passwords to API clients
-        mount_api(app.app, engine, library, auth, flags)
-        log.info(
-            "REST API (AUTOMATIC1111-compatible) at %ssdapi/v1, documented at %sdocs", app.local_url, app.local_url
-        )
+        log.info("REST API (AUTOMATIC1111-compatible) at %ssdapi/v1, documented at %ssdapi/docs", *[app.local_url] * 2)
     log.info("Atelier is running at %s", app.local_url)
     if args.share and not app.share_url:
         log.warning("no public link: Gradio could not create one (offline, or blocked); serving locally only")
@@ -125,6 +120,20 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
     if not prevent_thread_lock:
         app.block_thread()
     return app
+
+
+def _api_routes(args: argparse.Namespace, engine: Any, library: Any, auth: list[tuple[str, str]]) -> list[Any]:
+    """The REST API's routes, built on a scratch FastAPI app and handed to Gradio's own at launch."""
+    from fastapi import FastAPI
+
+    from webui.api import mount_api
+
+    flags = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    flags["auth"] = ["***"] * len(args.auth)  # never hand passwords to API clients
+    scratch = FastAPI()
+    known = len(scratch.router.routes)
+    mount_api(scratch, engine, library, auth, flags)
+    return scratch.router.routes[known:]
 
 
 def _warm_up(engine: Any) -> None:

@@ -85,7 +85,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
     apply_settings(engine, settings.load())
     jobs = JobBoard()
     # Gradio copies every shown picture into its cache; clear copies older than an hour.
-    with gr.Blocks(title="Atelier", delete_cache=(1800, 3600)) as app:
+    with gr.Blocks(title="Atelier", delete_cache=(1800, 3600), analytics_enabled=False) as app:
         top = build_top_bar(engine)
         with gr.Tabs() as tabs:
             with gr.Tab(TAB_LABELS[0], id="txt2img"):
