@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 CONFIGS_DIR = Path(__file__).parent / "configs"
 _CLIP_VOCAB = Path(__file__).parent / "assets" / "clip_bpe_simple_vocab_16e6.txt.gz"
 DEMO_SEED = 20241125
+_GLOBAL_RNG = threading.Lock()  # guards torch's process-wide generator while the demo is built
 # (done_bytes, total_bytes, what) while a model downloads.
 DownloadProgress = Callable[[int, int, str], None]
 
@@ -74,14 +76,13 @@ def build_demo(dtype: torch.dtype = torch.float32) -> Any:
     from transformers.models.clip.modeling_clip import CLIPTextModel
 
     folder = CONFIGS_DIR / "demo"
-    generator_state = torch.random.get_rng_state()
-    try:
+    # Module init draws from torch's one global generator: two builds at once (a server warming up
+    # beside a script) would interleave their draws and make different weights. Take turns.
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))
-    finally:
-        torch.random.set_rng_state(generator_state)
     scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(folder, subfolder="scheduler"))
     pipe = StableDiffusionPipeline(
         vae=vae,

@@ -221,3 +221,19 @@ def test_a_model_that_fails_to_load_leaves_the_loaded_one_working(tmp_path: Path
     after = engine.generate(Txt2Img(model="good", **FAST)).images[0]
     assert np.array_equal(pixels(before), pixels(after))
     assert [m.name for m in engine.manager.loaded()] == ["good"]
+
+
+def test_demo_weights_are_the_same_when_built_in_several_threads_at_once() -> None:
+    """A server warming up beside a script builds the demo twice at once; both must be identical."""
+    import threading
+
+    reference = loading.build_demo().unet.conv_in.weight.detach().clone()
+    built: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: built.append(loading.build_demo().unet.conv_in.weight)) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 2 and all(np.array_equal(weight.detach().numpy(), reference.numpy()) for weight in built)
