@@ -35,7 +35,6 @@ import io
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from processes import free_port, stop_group
 
 # Before gradio_client is imported: its telemetry would phone home (the server gets the same setting).
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost"}
@@ -76,34 +77,7 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # -- the server ------------------------------------------------------------------------------------
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL it after 10 s, and wait until the group is gone."""
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + grace  # the leader is reaped; wait for any other member of the group
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(POLL_S)
-    proc.wait()
 
 
 @dataclass
@@ -135,7 +109,7 @@ def server() -> Iterator[Server]:
             try:
                 yield Server(proc, f"http://127.0.0.1:{port}/", log_path)
             finally:
-                _stop(proc)
+                stop_group(proc, POLL_S)
 
 
 def wait_for(srv: Server, path: str, deadline: float) -> tuple[float, int]:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from processes import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch.py"
@@ -72,39 +73,12 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def bare_import_s() -> float:
     """Wall time of a fresh interpreter importing the three heavy libraries (cwd: a temp dir)."""
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as tmp:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", BARE_IMPORT], cwd=tmp, check=True)
         return time.perf_counter() - started
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL it after 10 s, and wait until the group is gone."""
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + grace  # the leader is reaped; wait for any other member of the group
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(POLL_S)
-    proc.wait()
 
 
 @contextmanager
@@ -123,7 +97,7 @@ def server() -> Iterator[tuple[subprocess.Popen[bytes], str, float, Path]]:
             try:
                 yield proc, f"http://127.0.0.1:{port}/", spawned, log_path
             finally:
-                _stop(proc)
+                stop_group(proc, POLL_S)
 
 
 def wait_for_page(proc: subprocess.Popen[bytes], url: str, spawned: float, log_path: Path) -> float:

@@ -7,6 +7,7 @@ device at a time; a job's owner can watch its progress and stop it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -166,26 +167,16 @@ class Engine:
         self.manager.fetch(request.model or self.default_model)  # downloads never hold the device
         # All device work runs on one thread: torch's OpenMP pools are per thread, and a dozen of them
         # (one per server worker that ever generated) made every step 2-3x slower on a small CPU.
-        run = self._device_thread.submit(
-            self._generate_now, request, notes, job, on_progress, preview_every, queued, save
-        )
-        return run.result()
+        work = functools.partial(self._run, request, notes, job, on_progress, preview_every, queued, save)
+        return self._device_thread.submit(self._generate_now, request, job, work).result()
 
-    def _generate_now(
-        self,
-        request: Request,
-        notes: list[str],
-        job: Job,
-        on_progress: ProgressCallback | None,
-        preview_every: int,
-        queued: float,
-        save: bool,
-    ) -> Result:
+    def _generate_now(self, request: Request, job: Job, work: Callable[[], Result]) -> Result:
+        """``work`` under the device lock, with the job's state and out-of-memory handling."""
         out_of_memory = ""
         with self._device_lock:
             self.current_job = job
             try:
-                return self._run(request, notes, job, on_progress, preview_every, queued, save)
+                return work()
             except Interrupted:
                 job.state = "interrupted"
                 raise
