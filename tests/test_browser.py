@@ -117,7 +117,10 @@ def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) 
     Image.new("RGB", (128, 128), BLUE).save(picture)
     page.get_by_role("tab", name="Inpaint").click()
     editor = page.locator("#inpaint-editor")
-    editor.locator("input[type=file]").first.set_input_files(str(picture))
+    # Paint only once the upload has reached the server; a stroke on an empty canvas would paint
+    # over a blank background instead of the picture.
+    with page.expect_response(lambda response: "/upload" in response.url and response.ok, timeout=30_000):
+        editor.locator("input[type=file]").first.set_input_files(str(picture))
     page.wait_for_timeout(1500)
     editor.get_by_role("button", name="Brush", exact=True).click()
     box = editor.locator("canvas").first.bounding_box()
