@@ -72,6 +72,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         attention="xformers" if args.xformers else "sdpa",
         offload=offload,
         max_models=args.max_models,
+        max_queue=args.queue_size,
     )
     return Engine(settings)
 

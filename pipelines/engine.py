@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from . import catalog, images, infotext, loading, preview, samplers
-from .errors import Interrupted, OutOfMemory
+from .errors import Interrupted, OutOfMemory, QueueFull
 from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request
@@ -44,7 +44,7 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: queues find it by identity
 class Job:
     """One caller's generation: its progress, and the switch that stops it."""
 
@@ -90,6 +90,10 @@ class Engine:
         self._tokenizer_lock = threading.Lock()
         self._device_lock = threading.Lock()  # one generation on the device at a time
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-device")
+        # Jobs handed to the device thread and not started yet, oldest first. The page, the REST API
+        # and scripts all wait here, so they are served in the order they asked: one fair queue.
+        self._waiting: list[Job] = []
+        self._waiting_lock = threading.Lock()
         if warning := self.settings.offload_warning():
             log.warning(warning)
 
@@ -161,18 +165,55 @@ class Engine:
         save: bool = False,
     ) -> Result:
         """Run one request. ``save`` writes each image to the outputs folder as its batch finishes."""
+        return self.submit(request, job, on_progress, preview_every, save).result()
+
+    def submit(
+        self,
+        request: Request,
+        job: Job | None = None,
+        on_progress: ProgressCallback | None = None,
+        preview_every: int = 0,
+        save: bool = False,
+    ) -> Future[Result]:
+        """Queue one request and hand back its future at once, so a caller can wait without holding
+        a thread. Bad requests and a full queue raise here, before anything is queued."""
         request, notes = request.checked(self.limits)
         job = job or Job()
         queued = time.perf_counter()
         self.manager.fetch(request.model or self.default_model)  # downloads never hold the device
+        with self._waiting_lock:
+            if len(self._waiting) >= self.settings.max_queue:
+                raise QueueFull(
+                    f"the queue is full: {len(self._waiting)} jobs are waiting for the GPU (limit "
+                    f"{self.settings.max_queue}); try again in a minute"
+                )
+            self._waiting.append(job)
         # All device work runs on one thread: torch's OpenMP pools are per thread, and a dozen of them
         # (one per server worker that ever generated) made every step 2-3x slower on a small CPU.
         work = functools.partial(self._run, request, notes, job, on_progress, preview_every, queued, save)
-        return self._device_thread.submit(self._generate_now, request, job, work).result()
+        future = self._device_thread.submit(self._generate_now, request, job, work)
+        future.add_done_callback(lambda _: self._leave_queue(job))
+        return future
+
+    def queue_position(self, job: Job) -> int:
+        """How many jobs run before ``job`` starts, the running one included (-1: it is not waiting)."""
+        with self._waiting_lock:
+            return self._waiting.index(job) + (self.current_job is not None) if job in self._waiting else -1
+
+    @property
+    def queue_length(self) -> int:
+        with self._waiting_lock:
+            return len(self._waiting)
+
+    def _leave_queue(self, job: Job) -> None:
+        with self._waiting_lock:
+            if job in self._waiting:
+                self._waiting.remove(job)
 
     def _generate_now(self, request: Request, job: Job, work: Callable[[], Result]) -> Result:
         """``work`` under the device lock, with the job's state and out-of-memory handling."""
         out_of_memory = ""
+        self._leave_queue(job)
         with self._device_lock:
             self.current_job = job
             try:
@@ -212,6 +253,7 @@ class Engine:
         model = self.manager.get(request.model or self.default_model)
         loaded = time.perf_counter()
         request = self._sized(request, model)
+        notes += _cut_words(model.pipe.tokenizer, request)
         first_seed = request.seed if request.seed != -1 else random.randint(0, 2**32 - 1)
         seeds = [(first_seed + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
         job.state, job.started, job.step, job.images, job.paths = "running", time.perf_counter(), 0, [], []
@@ -355,6 +397,19 @@ class Engine:
             gigabytes = torch.cuda.get_device_properties(self.manager.device).total_memory / 1024**3
             return int(max(1.0, gigabytes / 2) * 1024 * 1024)
         return 2048 * 2048
+
+
+def _cut_words(tokenizer: Any, request: Request) -> list[str]:
+    """Notes naming the words past the text encoder's window: the model never reads them."""
+    window = tokenizer.model_max_length - 2  # start and end markers take two places
+    notes = []
+    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+        ids = tokenizer(text, add_special_tokens=False).input_ids if text else []
+        if len(ids) > window:
+            cut = tokenizer.decode(ids[window:]).strip()
+            shown = cut if len(cut) <= 200 else cut[:200] + "…"
+            notes.append(f'the {label} is {len(ids)} tokens and the model reads {window}: it ignored "{shown}"')
+    return notes
 
 
 def _steps_per_batch(request: Request) -> int:

@@ -46,6 +46,12 @@ class OutOfMemory(AtelierError):
     http_status = 507
 
 
+class QueueFull(AtelierError):
+    """Too many jobs are already waiting for the device; the caller should try again later."""
+
+    http_status = 503
+
+
 class Interrupted(AtelierError):
     """The job was stopped by its owner. The unfinished batch is discarded; batches that finished
     before the stop are in ``job.images`` (and saved, when saving was asked for)."""

@@ -35,6 +35,7 @@ class EngineSettings:
     ram_budget_bytes: int = 0  # 0: half of this machine's memory
     device_budget_bytes: int = 0  # 0: 85% of the GPU's memory
     vae_tiling_pixels: int = 1536 * 1536  # decode larger images in tiles to bound VAE memory
+    max_queue: int = 64  # jobs that may wait for the device at once, from every front door together
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)
@@ -43,6 +44,8 @@ class EngineSettings:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.offload not in OFFLOADS:
             raise ValueError(f"offload must be one of {OFFLOADS}, got {self.offload!r}")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {self.max_queue}")
         if self.max_models < 1:
             raise ValueError(f"max_models must be at least 1, got {self.max_models}")
 

@@ -7,6 +7,7 @@ Atelier does not use; those are accepted and ignored (logged once each), never a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -15,6 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -22,8 +24,8 @@ from fastapi.responses import JSONResponse
 from PIL import Image, PngImagePlugin
 
 from pipelines import infotext, samplers
-from pipelines.engine import Engine, Result
-from pipelines.errors import AtelierError, BadRequest
+from pipelines.engine import Engine, Job, Result
+from pipelines.errors import AtelierError, BadRequest, QueueFull
 from pipelines.outputs import image_metadata
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
 from presets.store import PresetError, PresetLibrary
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_UPLOAD_PIXELS = 4096 * 4096
 MAX_BODY_BYTES = 150 * 2**20  # two 50 MB pictures in base64, with room for the rest
+DISCONNECT_POLL_SECONDS = 0.25
 # A1111 request field -> Atelier field, for fields that mean the same under another name.
 RENAMED = {"n_iter": "batch_count", "scheduler": "schedule_type", "inpainting_mask_invert": "invert_mask",
            "inpaint_full_res": "only_masked", "inpaint_full_res_padding": "only_masked_padding"}  # fmt: skip
@@ -193,15 +196,13 @@ def mount_api(
             if isinstance(payload, JSONResponse):
                 return payload
             state.note_ignored(payload)
-            from starlette.concurrency import run_in_threadpool
-
             try:
                 job_request = build_request(payload, library, mode)
-                result = await run_in_threadpool(
-                    engine.generate, job_request, None, None, 0, bool(payload.get("save_images"))
-                )
+                job = Job()
+                save = bool(payload.get("save_images"))
+                result = await _unless_gone(request, job, lambda: engine.submit(job_request, job, save=save))
             except AtelierError as exc:
-                return error(exc.http_status if exc.http_status < 500 else 500, type(exc).__name__, str(exc))
+                return _error_for(exc)
             return response(result, payload, engine)
 
         return route
@@ -217,6 +218,29 @@ def mount_api(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Atelier REST API")
 
     app.add_api_route("/sdapi/docs", docs, methods=["GET"], include_in_schema=False)
+
+
+def _error_for(exc: AtelierError) -> JSONResponse:
+    response = error(exc.http_status if exc.http_status in (503, 507) or exc.http_status < 500 else 500,
+                     type(exc).__name__, str(exc))  # fmt: skip
+    if isinstance(exc, QueueFull):
+        response.headers["Retry-After"] = "30"
+    return response
+
+
+async def _unless_gone(request: Request, job: Job, submit: Callable[[], Future[Result]]) -> Result:
+    """Queue the job and wait for it without holding a thread; stop it if the client hangs up
+    first, so a script that gave up does not keep the GPU (or its place in the queue) from others."""
+    from starlette.concurrency import run_in_threadpool
+
+    future = asyncio.wrap_future(await run_in_threadpool(submit))  # checks and downloads, no waiting
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_SECONDS)
+        if done:
+            return future.result()
+        if not job.interrupted and await request.is_disconnected():
+            log.info("REST client hung up: stopping its job %s", job.id)
+            job.interrupt()
 
 
 def _auth_guard(users: list[tuple[str, str]]) -> Callable[..., None]:
@@ -286,7 +310,7 @@ def _add_info_routes(router: APIRouter, engine: Engine, library: PresetLibrary, 
             try:
                 await run_in_threadpool(engine.load, str(name))
             except AtelierError as exc:
-                return error(exc.http_status if exc.http_status < 500 else 500, type(exc).__name__, str(exc))
+                return _error_for(exc)
             engine.settings.default_model = str(name)
         return None
 
@@ -296,15 +320,16 @@ def _add_info_routes(router: APIRouter, engine: Engine, library: PresetLibrary, 
             return {
                 "progress": 0.0,
                 "eta_relative": 0.0,
-                "state": {"job_count": 0, "interrupted": False},
+                "state": {"job_count": engine.queue_length, "interrupted": False},
                 "current_image": None,
                 "textinfo": None,
             }
         done = job.step / job.total
         elapsed = time.perf_counter() - job.started
         preview = encode_png(job.preview, "") if job.preview is not None else None
-        state = {"skipped": False, "interrupted": job.interrupted, "job": job.id, "job_count": 1, "job_no": 0,
-                 "sampling_step": job.step, "sampling_steps": job.total,
+        state = {"skipped": False, "interrupted": job.interrupted, "job": job.id,
+                 "job_count": 1 + engine.queue_length, "job_no": 0, "sampling_step": job.step,
+                 "sampling_steps": job.total,
                  "job_timestamp": time.strftime("%Y%m%d%H%M%S")}  # fmt: skip
         eta = elapsed / done - elapsed if done else 0.0
         return {

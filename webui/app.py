@@ -116,6 +116,11 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         listing = [gallery.images, gallery.page, gallery.info, gallery.shown]
         gallery_tab.select(lambda q, p: show_page(engine, q, p), [gallery.query, gallery.page], listing)
         settings_tab.select(lambda: loaded_table(engine), None, cache_table)
+
+        def stop_when_closed(request: gr.Request) -> None:  # the tab closed: its job, queued or running, ends
+            jobs.stop(request.session_hash or "anonymous")
+
+        app.unload(stop_when_closed)
         app.load(None, theme, None, js=THEME_JS)
         app.load(lambda: device_text(engine), None, top.device, show_progress="hidden")
         gr.Timer(5).tick(lambda: device_text(engine), None, top.device, show_progress="hidden", queue=False)

@@ -18,6 +18,11 @@ from presets.store import PresetError, PresetLibrary
 
 from .api import decode_image, encoded_images
 
+# Gradio events that may wait in the engine's queue at once (page and script endpoints together).
+# The engine serves its queue in arrival order, REST requests included; each waiter holds a
+# server thread, so the rest wait in Gradio's own queue.
+GPU_WAITERS = 16
+
 
 def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
     def run(request: Txt2Img, styles: list[str] | None, save: bool) -> dict[str, Any]:
@@ -84,7 +89,7 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         return run(request, styles, save)
 
     for function in (txt2img, img2img, inpaint):
-        gr.api(function, api_name=function.__name__, concurrency_limit=1, concurrency_id="gpu")
+        gr.api(function, api_name=function.__name__, concurrency_limit=GPU_WAITERS, concurrency_id="gpu")
 
 
 def _picture(data: str, what: str) -> Any:

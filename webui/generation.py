@@ -17,6 +17,7 @@ from pipelines.errors import AtelierError, Interrupted
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
 from presets.store import PresetError, PresetLibrary
 
+from .endpoints import GPU_WAITERS
 from .state import JobBoard
 from .widgets import GenerationWidgets, build_generation_widgets, grid_size
 
@@ -155,7 +156,7 @@ def wire_generation(
     widgets.generate.click(
         run, inputs={model_picker, widgets.presets.styles, widgets.presets.negatives, *widgets.fields.values()},
         outputs=outputs,
-        concurrency_limit=1, concurrency_id="gpu", api_name=False, show_progress="minimal",
+        concurrency_limit=GPU_WAITERS, concurrency_id="gpu", api_name=False, show_progress="minimal",
     )  # fmt: skip
 
     def stop(request: gr.Request) -> None:
@@ -194,7 +195,7 @@ def _stream(
         elif engine.current_job is job:
             yield {widgets.status: "Loading the model…"}
         else:
-            yield {widgets.status: "Waiting for the GPU: another job is running."}
+            yield {widgets.status: _waiting_text(engine.queue_position(job))}
     error = outcome.get("error")
     if isinstance(error, Interrupted):
         kept = _finished_images(job)
@@ -207,6 +208,12 @@ def _stream(
         log.error("generation failed", exc_info=error)
         raise gr.Error(f"Generation failed ({type(error).__name__}: {error}). Details are in the server log.")
     yield _finished(outcome["result"], widgets, time.perf_counter() - started)
+
+
+def _waiting_text(ahead: int) -> str:
+    if ahead <= 0:
+        return "Waiting for the GPU…"
+    return f"Waiting for the GPU: {ahead} job{'s' if ahead > 1 else ''} ahead of yours."
 
 
 def _finished_images(job: Job) -> list[Any]:
