@@ -182,9 +182,10 @@ class Engine:
         queued = time.perf_counter()
         self.manager.fetch(request.model or self.default_model)  # downloads never hold the device
         with self._waiting_lock:
-            if len(self._waiting) >= self.settings.max_queue:
+            waiting = self._still_waiting()
+            if len(waiting) >= self.settings.max_queue:
                 raise QueueFull(
-                    f"the queue is full: {len(self._waiting)} jobs are waiting for the GPU (limit "
+                    f"the queue is full: {len(waiting)} jobs are waiting for the GPU (limit "
                     f"{self.settings.max_queue}); try again in a minute"
                 )
             self._waiting.append(job)
@@ -198,12 +199,18 @@ class Engine:
     def queue_position(self, job: Job) -> int:
         """How many jobs run before ``job`` starts, the running one included (-1: it is not waiting)."""
         with self._waiting_lock:
-            return self._waiting.index(job) + (self.current_job is not None) if job in self._waiting else -1
+            waiting = self._still_waiting()
+            return waiting.index(job) + (self.current_job is not None) if job in waiting else -1
 
     @property
     def queue_length(self) -> int:
         with self._waiting_lock:
-            return len(self._waiting)
+            return len(self._still_waiting())
+
+    def _still_waiting(self) -> list[Job]:
+        # A job stopped while it waits (its owner left) gives its place up at once; the device
+        # thread skips it when its turn comes.
+        return [job for job in self._waiting if not job.interrupted]
 
     def _leave_queue(self, job: Job) -> None:
         with self._waiting_lock:
