@@ -141,7 +141,7 @@ def gpu_full_size(steps: int = 20, runs: int = 3) -> dict[str, Any]:
         text_encoder=text_encoder,
         tokenizer=loading.clip_tokenizer(),
         unet=unet,
-        scheduler=loading.build_demo().scheduler,
+        scheduler=loading.build_untrained_demo().scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -170,7 +170,7 @@ def main() -> None:
     figures: dict[str, Any] = {"device": "cuda" if torch.cuda.is_available() else "cpu", "quick": args.quick}
     with tempfile.TemporaryDirectory() as temp:
         models = Path(temp)
-        demo = loading.build_demo()
+        demo = loading.build_untrained_demo()
         demo.save_pretrained(models / "a", safe_serialization=True)
         demo.save_pretrained(models / "b", safe_serialization=True)
         del demo

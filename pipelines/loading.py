@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 _CLIP_VOCAB = Path(__file__).parent / "assets" / "clip_bpe_simple_vocab_16e6.txt.gz"
+DEMO_FOLDER = Path(__file__).parent / "assets" / "demo-model"  # the trained built-in model
 DEMO_SEED = 20241125
 _GLOBAL_RNG = threading.Lock()  # guards torch's process-wide generator while the demo is built
 # (done_bytes, total_bytes, what) while a model downloads.
@@ -64,40 +65,33 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(code) for code in codes]
 
 
-def build_demo(dtype: torch.dtype = torch.float32) -> Any:
-    """The built-in demo model: SD 1.x-shaped, tiny, random weights fixed by a seed.
+def build_untrained_demo(dtype: torch.dtype = torch.float32) -> Any:
+    """The built-in demo's architecture with random weights fixed by a seed: a model that runs
+    every code path of a real one in a fraction of a second, for tests and benchmarks. It draws
+    noise; ``builtin:demo`` uses trained weights of this architecture once they are installed."""
+    from .demo_model import untrained
 
-    It draws noise-like pictures, but runs every code path of a real model in well under a second
-    on a CPU, with no download. Its architecture is the shipped ``configs/demo`` folder, so a
-    single-file export of it loads back through the ordinary checkpoint path.
-    """
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers.models.clip.configuration_clip import CLIPTextConfig
-    from transformers.models.clip.modeling_clip import CLIPTextModel
-
-    folder = CONFIGS_DIR / "demo"
     # Module init draws from torch's one global generator: two builds at once (a server warming up
     # beside a script) would interleave their draws and make different weights. Take turns.
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(DEMO_SEED)
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))
-    scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(folder, subfolder="scheduler"))
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        pipe = untrained(DEMO_SEED)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
-_FAMILY_SIZES = {"demo": 128, "sd1": 512, "sd2": 768, "sdxl": 1024}
+def load_builtin_demo(dtype: torch.dtype) -> Any:
+    """The demo model: the weights trained by ``pipelines.demo_model`` when they are installed,
+    else the same architecture with seeded random weights (it runs everything, but draws noise)."""
+    if demo_is_trained():
+        return load_folder(DEMO_FOLDER, dtype)
+    log.info("no trained demo weights in %s: the built-in demo draws noise", DEMO_FOLDER)
+    return build_untrained_demo(dtype)
+
+
+def demo_is_trained() -> bool:
+    return (DEMO_FOLDER / "model_index.json").exists()
+
+
+_FAMILY_SIZES = {"demo": 64, "sd1": 512, "sd2": 768, "sdxl": 1024}
 
 
 def native_size(entry: Any) -> int:

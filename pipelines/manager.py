@@ -121,7 +121,8 @@ class PipelineManager:
         log.info("loading model %s from %s", entry.name, entry.location)
         family, inpainting, model_hash = "demo", False, "demo000000"
         if entry.source == "builtin":
-            pipe = loading.build_demo(self.dtype)
+            pipe = loading.load_builtin_demo(self.dtype)
+            model_hash = self._folder_hash(loading.DEMO_FOLDER) if loading.demo_is_trained() else model_hash
         elif entry.source == "folder":
             pipe = loading.load_folder(Path(entry.location), self.dtype)
             family, inpainting = _family_of(pipe), pipe.unet.config.in_channels == 9

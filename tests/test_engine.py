@@ -29,7 +29,7 @@ def test_txt2img_is_deterministic_per_seed(engine: Engine) -> None:
 def test_default_size_is_the_models_native_size(engine: Engine) -> None:
     result = engine.generate(Txt2Img(prompt="a house", seed=1, steps=2))
     native = engine.manager.get("builtin:demo").native_size
-    assert result.images[0].size == (native, native) == (128, 128)
+    assert result.images[0].size == (native, native) == (64, 64)
 
 
 def test_batch_image_i_equals_the_single_run_with_seed_plus_i(engine: Engine) -> None:

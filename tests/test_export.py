@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from pipelines.checkpoints import Family, detect_family, read_header
 from pipelines.export import save_single_file
-from pipelines.loading import build_demo, load_single_file
+from pipelines.loading import build_untrained_demo, load_single_file
 
 
 def _assert_same_weights(original: torch.nn.Module, reloaded: torch.nn.Module) -> None:
@@ -61,7 +61,7 @@ def _generate(pipe) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def demo():
-    return build_demo()
+    return build_untrained_demo()
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +101,22 @@ def test_round_trip_draws_the_same_picture(demo, reloaded):
 
 def test_header_uses_a1111_names(exported, demo):
     header = read_header(exported)
-    assert header["model.diffusion_model.input_blocks.0.0.weight"] == [32, 4, 3, 3]
-    assert header["model.diffusion_model.out.2.weight"] == [4, 32, 3, 3]
-    assert header["model.diffusion_model.time_embed.0.weight"] == [128, 32]
-    assert header["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] == [32, 64]
-    assert header["model.diffusion_model.input_blocks.3.0.op.weight"] == [32, 32, 3, 3]
-    assert header["model.diffusion_model.middle_block.1.proj_in.weight"] == [64, 64, 1, 1]
-    assert header["model.diffusion_model.input_blocks.7.0.skip_connection.weight"] == [64, 32, 1, 1]
-    assert header["model.diffusion_model.output_blocks.0.0.in_layers.2.weight"] == [64, 128, 3, 3]
-    # The first up level has no attention, so its upsampler sits in slot 1; attention levels use slot 2.
-    assert "model.diffusion_model.output_blocks.2.1.conv.weight" in header
-    assert "model.diffusion_model.output_blocks.5.2.conv.weight" in header
-    assert header["first_stage_model.decoder.conv_out.weight"] == [3, 16, 3, 3]
-    assert header["first_stage_model.encoder.down.1.block.0.nin_shortcut.weight"] == [32, 16, 1, 1]
-    assert header["first_stage_model.decoder.up.0.block.0.nin_shortcut.weight"] == [16, 32, 1, 1]
-    assert header["first_stage_model.encoder.mid.attn_1.q.weight"] == [32, 32, 1, 1]  # 1x1 conv, as LDM stores it
-    assert header["first_stage_model.decoder.mid.attn_1.proj_out.weight"] == [32, 32, 1, 1]
+    assert header["model.diffusion_model.input_blocks.0.0.weight"] == [64, 4, 3, 3]
+    assert header["model.diffusion_model.out.2.weight"] == [4, 64, 3, 3]
+    assert header["model.diffusion_model.time_embed.0.weight"] == [256, 64]
+    assert header["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] == [64, 64]
+    assert header["model.diffusion_model.input_blocks.2.0.op.weight"] == [64, 64, 3, 3]
+    assert header["model.diffusion_model.middle_block.1.proj_in.weight"] == [128, 128, 1, 1]
+    assert header["model.diffusion_model.input_blocks.3.0.skip_connection.weight"] == [128, 64, 1, 1]
+    assert header["model.diffusion_model.output_blocks.0.0.in_layers.2.weight"] == [128, 256, 3, 3]
+    # Every up level has attention, so the upsampler sits in slot 2 after the resnet and the attention.
+    assert "model.diffusion_model.output_blocks.1.2.conv.weight" in header
+    assert not any(key.startswith("model.diffusion_model.output_blocks.3.2.") for key in header)  # the last level
+    assert header["first_stage_model.decoder.conv_out.weight"] == [3, 32, 3, 3]
+    assert header["first_stage_model.encoder.down.1.block.0.nin_shortcut.weight"] == [64, 32, 1, 1]
+    assert header["first_stage_model.decoder.up.0.block.0.nin_shortcut.weight"] == [32, 64, 1, 1]
+    assert header["first_stage_model.encoder.mid.attn_1.q.weight"] == [64, 64, 1, 1]  # 1x1 conv, as LDM stores it
+    assert header["first_stage_model.decoder.mid.attn_1.proj_out.weight"] == [64, 64, 1, 1]
     assert header["cond_stage_model.transformer.text_model.final_layer_norm.weight"] == [64]
     assert header["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"] == [49408, 64]
     prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")

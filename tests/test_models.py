@@ -27,7 +27,7 @@ FAST = {"steps": 4, "width": 64, "height": 64, "seed": 11}
 def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model saved as a diffusers folder, the way users keep downloaded models."""
     folder = tmp_path_factory.mktemp("saved") / "demo-copy"
-    loading.build_demo().save_pretrained(folder, safe_serialization=True)
+    loading.build_untrained_demo().save_pretrained(folder, safe_serialization=True)
     return folder
 
 
@@ -227,11 +227,13 @@ def test_demo_weights_are_the_same_when_built_in_several_threads_at_once() -> No
     """A server warming up beside a script builds the demo twice at once; both must be identical."""
     import threading
 
-    reference = loading.build_demo().unet.conv_in.weight.detach().clone()
+    reference = loading.build_untrained_demo().unet.conv_in.weight.detach().clone()
     built: list[object] = []
-    threads = [
-        threading.Thread(target=lambda: built.append(loading.build_demo().unet.conv_in.weight)) for _ in range(2)
-    ]
+
+    def build() -> None:
+        built.append(loading.build_untrained_demo().unet.conv_in.weight)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -87,7 +87,8 @@ def test_inpaint_with_a_painted_stroke_keeps_the_rest(studio: Studio) -> None:
     stroke = Image.new("RGBA", (128, 128), (0, 0, 0, 0))
     ImageDraw.Draw(stroke).line([(40, 64), (90, 64)], fill=(255, 255, 255, 255), width=12)
     editor = {"background": background, "layers": [stroke], "composite": background}
-    final = run(studio, "inpaint", init_image=editor, mask_blur=2, steps=6, denoising_strength=1.0, seed=3)[-1]
+    final = run(studio, "inpaint", init_image=editor, mask_blur=2, steps=6, denoising_strength=1.0, seed=3,
+                width=128, height=128)[-1]  # fmt: skip
     out = pixels(Image.open(final[studio.tabs["inpaint"].results][0]))
     assert np.array_equal(out[:40], pixels(background)[:40]) and np.array_equal(out[90:], pixels(background)[90:])
     assert np.abs(out[60:68, 45:85] - pixels(background)[60:68, 45:85]).mean() > 10

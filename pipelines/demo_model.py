@@ -1,0 +1,156 @@
+"""The built-in demo model: its architecture, its training data, and the command that rebuilds it.
+
+    python -m pipelines.demo_model --seed 0          # about an hour on 2 CPU cores
+
+trains a small Stable-Diffusion-format model on ``scenes`` pictures and writes it, in diffusers
+folder layout with fp16 safetensors, to ``pipelines/assets/demo-model``: the folder Atelier loads
+as ``builtin:demo`` through the same code as any local model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import scenes, training
+from .loading import DEMO_FOLDER, clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+SHIPPED = DEMO_FOLDER
+# The architecture, in diffusers/transformers config files (the single-file loader reads them too):
+# 64 px pictures through a 4x autoencoder (16x16 latents: cheap to train and run on a CPU); a
+# 4.2M-parameter UNet with cross-attention at both of its levels, since colour, shape and place
+# words all have to reach the pixels; a narrow 2-layer text encoder over CLIP's own vocabulary, so
+# token counts match every other model; SD's own noise schedule, so every sampler runs on it.
+ARCHITECTURE = Path(__file__).parent / "configs" / "demo"
+
+
+def scene_batches(seed: int, batch_size: int) -> Iterator[training.Batch]:
+    """An endless stream of procedural pictures in [-1, 1] with one caption each."""
+    rng = random.Random(seed)
+    while True:
+        drawn = [scenes.random_scene(rng) for _ in range(batch_size)]
+        pixels = np.stack([np.asarray(scenes.render(scene), dtype=np.float32) for scene in drawn])
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2) / 127.5 - 1.0
+        yield images, [scenes.caption(scene, rng) for scene in drawn]
+
+
+def untrained(seed: int) -> Any:
+    """The demo architecture with fresh weights drawn from ``seed`` (torch's global generator)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers.models.clip.configuration_clip import CLIPTextConfig
+    from transformers.models.clip.modeling_clip import CLIPTextModel
+
+    torch.manual_seed(seed)
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(ARCHITECTURE, subfolder="vae")),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(ARCHITECTURE, subfolder="text_encoder")),
+        tokenizer=clip_tokenizer(),
+        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(ARCHITECTURE, subfolder="unet")),
+        scheduler=PNDMScheduler.from_config(PNDMScheduler.load_config(ARCHITECTURE, subfolder="scheduler")),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build(
+    out: Path,
+    seed: int = 0,
+    vae_steps: int = 1200,
+    denoiser_steps: int = 3000,
+    batch_size: int = 32,
+    max_minutes: float = float("inf"),
+    report: training.Report | None = None,
+) -> Path:
+    """Trains the demo model from ``seed`` and writes it to ``out`` (replaced only when complete).
+
+    The autoencoder is trained first, alone (on a quarter of the batch: its steps cost most per
+    picture); then the denoiser and text encoder on its latents.
+    A checkpoint is written to ``out`` every 500 denoiser steps, so a stopped run leaves a model.
+    """
+    started = time.perf_counter()
+    pipe = untrained(seed)
+    vae_schedule = training.Schedule(vae_steps, learning_rate=1e-3, ema_decay=0.0, max_seconds=max_minutes * 60 * 0.2)
+    pictures = scene_batches(seed + 1, max(1, batch_size // 4))
+    pipe.vae = training.train_autoencoder(pipe.vae, pictures, vae_schedule, report=report)
+    scale = training.latent_scale(pipe.vae, scene_batches(seed + 2, 32))
+    pipe.vae.register_to_config(scaling_factor=scale)
+    log.info("autoencoder trained in %.0f s; latent scale %.3f", time.perf_counter() - started, scale)
+
+    def checkpoint(step: int, averaged: dict[str, torch.nn.Module]) -> None:
+        live = pipe.unet, pipe.text_encoder
+        pipe.unet, pipe.text_encoder = averaged["unet"], averaged["text_encoder"]
+        save(pipe, out)
+        pipe.unet, pipe.text_encoder = live
+        log.info("checkpoint at step %d written to %s", step, out)
+
+    left = max_minutes * 60 - (time.perf_counter() - started)
+    schedule = training.Schedule(
+        denoiser_steps, learning_rate=6e-4, warmup_steps=200, max_seconds=left, checkpoint_every=500
+    )
+    training.train_denoiser(pipe, scene_batches(seed + 3, batch_size), schedule, report=report, checkpoint=checkpoint)
+    save(pipe, out)
+    log.info("demo model trained in %.0f s, written to %s", time.perf_counter() - started, out)
+    return out
+
+
+def save(pipe: Any, out: Path) -> None:
+    """Writes ``pipe`` as an fp16 diffusers folder, swapping it in whole so ``out`` is never half-written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=out.parent))
+    try:
+        half = {name: getattr(pipe, name) for name in ("unet", "vae", "text_encoder")}
+        copies = {name: _half_copy(module) for name, module in half.items()}
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline(**{**pipe.components, **copies}).save_pretrained(staging, safe_serialization=True)
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _half_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).to(torch.float16)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Rebuild Atelier's built-in demo model from a seed.")
+    parser.add_argument("--out", type=Path, default=SHIPPED, help="folder to write (default: the shipped model)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=3000, help="denoiser training steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-minutes", type=float, default=float("inf"), help="stop early, keeping what was learnt")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def report(step: int, steps: int, figures: dict[str, float]) -> None:
+        log.info("step %d/%d %s", step + 1, steps, " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+
+    build(args.out, args.seed, args.vae_steps, args.steps, args.batch_size, args.max_minutes, report)
+
+
+if __name__ == "__main__":
+    main()
