@@ -99,7 +99,9 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
         log.error(library.problem)
     app = webui.build_app(engine, SettingsStore(args.data_dir), library)
     routes = _api_routes(args, engine, library, auth) if args.api else []
-    app.queue(max_size=args.queue_size, default_concurrency_limit=4)
+    # No cap on Gradio's own queue: it also holds the small events every page sends as it opens,
+    # and a cap there turned people away with "busy" while no job waited. The engine caps jobs.
+    app.queue(max_size=None, default_concurrency_limit=4)
     app.launch(
         server_name="0.0.0.0" if args.listen else "127.0.0.1",
         server_port=args.port,

@@ -192,10 +192,9 @@ def _stream(
                 shown_key = key
                 update[widgets.results] = [*_finished_images(job), *([job.preview] if job.preview else [])]
             yield update
-        elif engine.current_job is job:
-            yield {widgets.status: "Loading the model…"}
-        else:
-            yield {widgets.status: _waiting_text(engine.queue_position(job))}
+        elif job.state == "queued":  # after its last step a job says nothing new until it returns
+            loading = engine.current_job is job
+            yield {widgets.status: "Loading the model…" if loading else _waiting_text(engine.queue_position(job))}
     error = outcome.get("error")
     if isinstance(error, Interrupted):
         kept = _finished_images(job)
