@@ -184,9 +184,10 @@ class Engine:
         with self._waiting_lock:
             waiting = self._still_waiting()
             if len(waiting) >= self.settings.max_queue:
+                jobs = "1 job is" if len(waiting) == 1 else f"{len(waiting)} jobs are"
                 raise QueueFull(
-                    f"the queue is full: {len(waiting)} jobs are waiting for the GPU (limit "
-                    f"{self.settings.max_queue}); try again in a minute"
+                    f"the queue is full: {jobs} waiting for the GPU (limit {self.settings.max_queue}); "
+                    "try again in a minute"
                 )
             self._waiting.append(job)
         # All device work runs on one thread: torch's OpenMP pools are per thread, and a dozen of them
