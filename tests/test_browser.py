@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 import launch
@@ -29,14 +29,8 @@ BLUE = (30, 60, 200)
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _serve(tmp: Path, *extra: str) -> tuple[Any, str]:
-    port = _free_port()
+    port = free_port()
     args = launch.parse_args(
         ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
          "--models-dir", str(tmp / "models"), *extra]

@@ -8,13 +8,13 @@ server with a new one on the same data folder, and later tests use the new one.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -29,12 +29,6 @@ HIDDEN_ERROR = "has not enabled verbose error reporting"  # what a client sees w
 CALL_TIMEOUT = 60  # seconds; a wedged server fails the test instead of hanging the suite
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Server:
     """The real ``launch.serve`` on a free port, restartable on the same folders."""
 
@@ -47,7 +41,7 @@ class Server:
         self.start()
 
     def start(self) -> None:
-        port = _free_port()
+        port = free_port()
         args = launch.parse_args(
             ["--port", str(port), "--outputs-dir", str(self.root / "outputs"), "--data-dir", str(self.data_dir),
              "--models-dir", str(self.root / "models")]

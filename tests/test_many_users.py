@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 from PIL import Image
 
 import launch
@@ -75,12 +75,6 @@ class Server:
     outputs: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder holding the demo's architecture with random weights, as a diffusers folder.
@@ -96,7 +90,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _serve(tmp: Path, models: Path, outputs: Path, *extra: str) -> tuple[Any, Server]:
-    port = _free_port()
+    port = free_port()
     args = launch.parse_args(
         ["--port", str(port), "--outputs-dir", str(outputs), "--data-dir", str(tmp / "data"),
          "--models-dir", str(models), "--api", *extra]

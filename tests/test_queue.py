@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -98,14 +98,8 @@ class Background:
         return self.result
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _serve(tmp: Path, *extra: str) -> Server:
-    port = _free_port()
+    port = free_port()
     (tmp / "models").mkdir(parents=True, exist_ok=True)
     args = launch.parse_args(
         ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import webuiapi
+from conftest import free_port
 from PIL import Image, ImageDraw
 
 import launch
@@ -43,14 +43,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}/sdapi/v1"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _serve(tmp: Path, *extra: str) -> Server:
-    port = _free_port()
+    port = free_port()
     args = launch.parse_args(
         ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
          "--models-dir", str(tmp / "models"), "--api", *extra]

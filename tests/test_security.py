@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import os
-import socket
 import struct
 import zlib
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from urllib.parse import quote
 import gradio as gr
 import httpx
 import pytest
+from conftest import free_port
 from gradio_client import Client
 from gradio_client.exceptions import AppError, AuthenticationError
 from PIL import Image
@@ -68,17 +68,11 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _serve(root: Path, *extra: str) -> Server:
     """``launch.serve`` with the given flags, capturing its warnings and the host it asked for."""
     (root / "models").mkdir(parents=True)
     (root / "models" / PRIVATE_MODEL).write_bytes(b"not really weights " + SECRET.encode())
-    port = _free_port()
+    port = free_port()
     args = launch.parse_args(
         ["--port", str(port), "--outputs-dir", str(root / "outputs"), "--data-dir", str(root / "data"),
          "--models-dir", str(root / "models"), "--model", "builtin:demo", "--api", *extra]
