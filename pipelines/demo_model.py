@@ -10,6 +10,7 @@ as ``builtin:demo`` through the same code as any local model.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import random
 import shutil
@@ -112,8 +113,8 @@ def save(pipe: Any, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=out.parent))
     try:
-        half = {name: getattr(pipe, name) for name in ("unet", "vae", "text_encoder")}
-        copies = {name: _half_copy(module) for name, module in half.items()}
+        # Copies, so a checkpoint mid-training leaves the modules being trained in full precision.
+        copies = {name: copy.deepcopy(getattr(pipe, name)).half() for name in ("unet", "vae", "text_encoder")}
         from diffusers import StableDiffusionPipeline
 
         StableDiffusionPipeline(**{**pipe.components, **copies}).save_pretrained(staging, safe_serialization=True)
@@ -124,12 +125,6 @@ def save(pipe: Any, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _half_copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(module).to(torch.float16)
 
 
 def main(argv: list[str] | None = None) -> None:
