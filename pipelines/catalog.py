@@ -38,7 +38,7 @@ class ModelEntry:
     @property
     def title(self) -> str:
         if self.source == "builtin":
-            return "Atelier demo (built in, 64 px, no download)"
+            return "Atelier demo: coloured shapes, sun, house, tree (built in, 64 px, no download)"
         if self.source == "hub" and self.cached:
             return f"{self.name} (downloaded)"
         if self.source == "hub" and self.size_bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import logging
 import random
 import shutil
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import scenes, training
+from . import loading, scenes, training
 from .loading import DEMO_FOLDER, clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -86,26 +87,69 @@ def untrained(seed: int) -> Any:
     )
 
 
+RECORD = "training.json"  # in the model folder: how it was trained, so a stopped build can resume
+
+
 def build(
     out: Path,
     seed: int = 0,
     vae_steps: int = 2500,
-    denoiser_steps: int = 3000,
+    denoiser_steps: tuple[int, ...] = (3000, 2000),
     batch_size: int = 32,
     max_minutes: float = float("inf"),
     report: training.Report | None = None,
+    resume: bool = False,
 ) -> Path:
     """Trains the demo model from ``seed`` and writes it to ``out`` (replaced only when complete).
 
     The autoencoder is trained first, alone (on a quarter of the batch: its steps cost most per
-    picture); then the denoiser and text encoder on its latents.
-    A checkpoint is written to ``out`` every 500 denoiser steps, so a stopped run leaves a model.
+    picture); then the denoiser and text encoder on its latents, in stages: each stage warms up
+    and decays its learning rate afresh from the fp16 weights the one before wrote (a warm
+    restart: the first stage ends with a small learning rate and the prompt only half learnt).
+    A checkpoint is written to ``out`` every 500 denoiser steps, so a stopped run leaves a model;
+    ``resume`` picks up after the last stage ``out/training.json`` records.
     """
     started = time.perf_counter()
+    recipe = {"seed": seed, "autoencoder_steps": vae_steps, "batch_size": batch_size}
+    record = _read_record(out, recipe) if resume else {**recipe, "denoiser_stages": [], "minutes": 0.0}
+    pipe = _stage_start(out) if record["denoiser_stages"] else _train_autoencoder(seed, vae_steps, batch_size, report)
+
+    def checkpoint(step: int, averaged: dict[str, torch.nn.Module]) -> None:
+        live = pipe.unet, pipe.text_encoder
+        pipe.unet, pipe.text_encoder = averaged["unet"], averaged["text_encoder"]
+        save(pipe, out)
+        pipe.unet, pipe.text_encoder = live
+        log.info("checkpoint at step %d written to %s", step, out)
+
+    for stage, steps in enumerate(denoiser_steps):
+        if stage < len(record["denoiser_stages"]):
+            continue
+        if stage:
+            pipe = _stage_start(out)
+            torch.manual_seed(seed * 1000 + stage)  # the same draws whether resumed or not
+        left = max_minutes * 60 - (time.perf_counter() - started)
+        schedule = training.Schedule(
+            steps, learning_rate=6e-4, warmup_steps=200 if stage == 0 else 100, max_seconds=left, checkpoint_every=500
+        )
+        pictures = scene_batches(seed + 3 + 10 * stage, batch_size)
+        training.train_denoiser(pipe, pictures, schedule, report=report, checkpoint=checkpoint)
+        save(pipe, out)
+        record["denoiser_stages"].append(steps)
+        record["minutes"] = round(record["minutes"] + (time.perf_counter() - started) / 60, 1)
+        started = time.perf_counter()
+        (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        log.info("denoiser stage %d (%d steps) done; %.0f minutes in all; written to %s", stage + 1, steps,
+                 record["minutes"], out)  # fmt: skip
+    return out
+
+
+def _train_autoencoder(seed: int, steps: int, batch_size: int, report: training.Report | None) -> Any:
+    """A fresh pipeline from ``seed`` with its autoencoder trained and its latent scale set."""
+    started = time.perf_counter()
     pipe = untrained(seed)
-    vae_schedule = training.Schedule(vae_steps, learning_rate=1e-3, ema_decay=0.0, max_seconds=max_minutes * 60 * 0.2)
+    schedule = training.Schedule(steps, learning_rate=1e-3, ema_decay=0.0)
     pictures = scene_batches(seed + 1, max(1, batch_size // 4))
-    pipe.vae = training.train_autoencoder(pipe.vae, pictures, vae_schedule, subject_weight=4.0, report=report)
+    pipe.vae = training.train_autoencoder(pipe.vae, pictures, schedule, subject_weight=4.0, report=report)
     scale = training.latent_scale(pipe.vae, scene_batches(seed + 2, 32))
     pipe.vae.register_to_config(scaling_factor=scale)
     log.info(
@@ -116,22 +160,23 @@ def build(
         training.reconstruction_error(pipe.vae, scene_batches(seed + 4, 32)),
         100 * round_trip_fidelity(pipe.vae),
     )
+    return pipe
 
-    def checkpoint(step: int, averaged: dict[str, torch.nn.Module]) -> None:
-        live = pipe.unet, pipe.text_encoder
-        pipe.unet, pipe.text_encoder = averaged["unet"], averaged["text_encoder"]
-        save(pipe, out)
-        pipe.unet, pipe.text_encoder = live
-        log.info("checkpoint at step %d written to %s", step, out)
 
-    left = max_minutes * 60 - (time.perf_counter() - started)
-    schedule = training.Schedule(
-        denoiser_steps, learning_rate=6e-4, warmup_steps=200, max_seconds=left, checkpoint_every=500
-    )
-    training.train_denoiser(pipe, scene_batches(seed + 3, batch_size), schedule, report=report, checkpoint=checkpoint)
-    save(pipe, out)
-    log.info("demo model trained in %.0f s, written to %s", time.perf_counter() - started, out)
-    return out
+def _stage_start(out: Path) -> Any:
+    """The model as the last stage saved it (fp16 weights, computed in fp32)."""
+    return loading.load_folder(out, torch.float32)
+
+
+def _read_record(out: Path, recipe: dict[str, int]) -> dict[str, Any]:
+    try:
+        record = json.loads((out / RECORD).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resume: {out / RECORD} cannot be read ({exc})") from exc
+    differs = {key: (record.get(key), value) for key, value in recipe.items() if record.get(key) != value}
+    if differs:
+        raise ValueError(f"cannot resume: {out} was trained with other settings (theirs, yours): {differs}")
+    return record
 
 
 def save(pipe: Any, out: Path) -> None:
@@ -159,7 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=SHIPPED, help="folder to write (default: the shipped model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=2500)
-    parser.add_argument("--steps", type=int, default=3000, help="denoiser training steps")
+    parser.add_argument(
+        "--steps", default="3000,2000", help="denoiser training steps, one number per stage (comma-separated)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the build in --out after its last stage")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-minutes", type=float, default=float("inf"), help="stop early, keeping what was learnt")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -171,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     def report(step: int, steps: int, figures: dict[str, float]) -> None:
         log.info("step %d/%d %s", step + 1, steps, " ".join(f"{k}={v:.4g}" for k, v in figures.items()))
 
-    build(args.out, args.seed, args.vae_steps, args.steps, args.batch_size, args.max_minutes, report)
+    stages = tuple(int(steps) for steps in args.steps.split(","))
+    build(args.out, args.seed, args.vae_steps, stages, args.batch_size, args.max_minutes, report, args.resume)
 
 
 if __name__ == "__main__":
