@@ -94,7 +94,7 @@ def build(
     out: Path,
     seed: int = 0,
     vae_steps: int = 2500,
-    denoiser_steps: tuple[int, ...] = (3000, 2000),
+    denoiser_steps: tuple[int, ...] = (3000, 1500),
     batch_size: int = 32,
     max_minutes: float = float("inf"),
     report: training.Report | None = None,
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument(
-        "--steps", default="3000,2000", help="denoiser training steps, one number per stage (comma-separated)"
+        "--steps", default="3000,1500", help="denoiser training steps, one number per stage (comma-separated)"
     )
     parser.add_argument("--resume", action="store_true", help="continue the build in --out after its last stage")
     parser.add_argument("--batch-size", type=int, default=32)
