@@ -20,6 +20,7 @@ from conftest import free_port
 from PIL import Image
 
 import launch
+from pipelines import scenes
 from webui.app import TAB_LABELS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -93,13 +94,17 @@ def test_generate_shows_the_image_and_the_gallery_keeps_it(page: Any) -> None:
     for label in TAB_LABELS:
         assert page.get_by_role("tab", name=label).is_visible(), f"tab {label!r} missing"
     _shot(page, "01-text-to-image")
-    page.get_by_label("Prompt", exact=True).first.fill("a lighthouse at dusk")
+    page.get_by_label("Prompt", exact=True).first.fill("a red star on a cream background")
+    page.locator("#txt2img-seed input").fill("7")
     page.locator("#txt2img-generate").click()
     page.locator("#txt2img-status").get_by_text("Done in").wait_for(timeout=60_000)
     result = "#txt2img-results img[src*='gradio_api/file=']"
     _shot(page, "02-result")
-    assert _fetch_image(page, result).size == (64, 64)  # the demo model's native size
-    assert "a lighthouse at dusk" in page.locator("#txt2img-infotext textarea").input_value()
+    image = _fetch_image(page, result)
+    assert image.size == (64, 64)  # the demo model's native size
+    drawn = scenes.analyse(image)  # the built-in model draws what it is asked
+    assert (drawn.colour, drawn.shape) == ("red", "star"), drawn
+    assert "a red star on a cream background" in page.locator("#txt2img-infotext textarea").input_value()
     page.get_by_role("tab", name="Gallery").click()
     page.wait_for_selector("#gallery-grid img[src*='gradio_api/file=']", timeout=30_000)
     page.get_by_text("1 image · page 1 of 1").wait_for(timeout=10_000)

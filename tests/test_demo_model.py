@@ -1,19 +1,97 @@
-"""The demo model's training code: its pictures and captions, the judge of its drawings, and
-the training loops. The loops run a few steps only (CI never trains from scratch), enough to
-check that they learn, that a rebuild from a seed is deterministic, and that the result loads
-like any local model.
+"""The built-in demo model draws what it is asked, and the training code that made it works.
+
+The shipped model is judged by its pixels with ``pipelines.scenes.analyse`` (the rules that drew
+its training pictures). The training loops run a few steps only: CI never trains from scratch,
+but it does check that they learn, that a rebuild from a seed is deterministic, and that the
+result loads like any local model.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from pipelines import demo_model, loading, scenes, training
+from pipelines.engine import Engine
+from pipelines.requests import Inpaint, Txt2Img
+
+MAX_BYTES = 25 * 2**20
+
+
+def test_the_shipped_model_is_a_small_diffusers_folder_of_fp16_safetensors() -> None:
+    folder = demo_model.SHIPPED
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) <= MAX_BYTES
+    weights = [path for path in files if path.suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".pth")]
+    assert sorted(path.parent.name for path in weights) == ["text_encoder", "unet", "vae"]
+    assert all(path.suffix == ".safetensors" for path in weights)
+    from safetensors import safe_open
+
+    for path in weights:
+        with safe_open(str(path), "pt") as opened:
+            names = opened.keys()
+            assert {opened.get_slice(name).get_dtype() for name in names} == {"F16"}, path
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    # The single-file loader builds demo checkpoints from configs/demo: they must describe this model.
+    for part in ("unet", "vae"):
+        shipped = json.loads((folder / part / "config.json").read_text())
+        configured = json.loads((demo_model.ARCHITECTURE / part / "config.json").read_text())
+        assert {k: v for k, v in configured.items() if not k.startswith("_")}.items() <= shipped.items()
+
+
+def test_its_autoencoder_keeps_colours_shapes_and_places() -> None:
+    """The decoder is the ceiling of every picture the model draws: scenes it encodes and decodes
+    must read back as drawn."""
+    pipe = loading.load_folder(demo_model.SHIPPED, torch.float32)
+    assert demo_model.round_trip_fidelity(pipe.vae) >= 0.95
+
+
+def test_it_is_the_default_model_and_draws_at_64_px(engine: Engine) -> None:
+    assert engine.default_model == "builtin:demo"
+    assert engine.native_size() == 64
+    result = engine.generate(Txt2Img("a blue square", seed=5))
+    assert result.images[0].size == (64, 64)
+    assert result.request.steps == 20  # the page's defaults
+
+
+@pytest.mark.parametrize(
+    ("prompt", "colour"),
+    [("a red circle", "red"), ("a blue square on the left", "blue"), ("a green triangle at the top", "green"),
+     ("a yellow star", "yellow"), ("a purple circle on the right", "purple"), ("an orange square", "orange")],
+)  # fmt: skip
+def test_it_draws_the_colour_asked(engine: Engine, prompt: str, colour: str) -> None:
+    images = engine.generate(Txt2Img(prompt, seed=40, batch_size=3)).images
+    read = [scenes.analyse(image).colour for image in images]
+    assert read.count(colour) >= 2, f"{prompt!r} read as {read}"
+
+
+def test_a_negative_prompt_keeps_its_colour_out(engine: Engine) -> None:
+    plain = engine.generate(Txt2Img("a circle", seed=70, batch_size=4, batch_count=2)).images
+    negative = engine.generate(Txt2Img("a circle", "red", seed=70, batch_size=4, batch_count=2)).images
+    assert [scenes.analyse(image).shape for image in negative].count("circle") >= 6
+    assert sum(scenes.analyse(image).colour == "red" for image in negative) == 0
+    assert plain != negative
+
+
+def test_inpaint_changes_the_colour_inside_the_mask_only(engine: Engine) -> None:
+    picture = scenes.render(scenes.Scene("circle", "red", "centre", "big", "white"))
+    mask = Image.new("L", picture.size, 0)
+    ImageDraw.Draw(mask).rectangle([14, 14, 50, 50], fill=255)
+    request = Inpaint("a blue circle in the centre", seed=3, init_image=picture, mask=mask,
+                      denoising_strength=1.0, mask_blur=0)  # fmt: skip
+    image = engine.generate(request).images[0]
+    assert scenes.analyse(image).colour == "blue"
+    outside = np.asarray(mask) == 0
+    change = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(picture, dtype=np.int16))[outside]
+    assert change.mean() < 2.0
 
 
 def test_the_judge_reads_every_drawn_scene_correctly() -> None:
@@ -42,7 +120,10 @@ def test_training_loops_learn_and_install_the_averaged_weights() -> None:
     losses: list[float] = []
     schedule = training.Schedule(steps=40, learning_rate=2e-3, warmup_steps=5, log_every=1)
     vae = training.train_autoencoder(
-        pipe.vae, demo_model.scene_batches(1, 4), schedule, report=lambda step, steps, f: losses.append(f["loss"])
+        pipe.vae,
+        demo_model.scene_batches(1, 4),
+        schedule,
+        report=lambda step, steps, f: losses.append(f["loss"]),
     )
     assert len(losses) == 40 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert not any(p.requires_grad for p in vae.parameters())  # the moving average, ready to save
@@ -57,13 +138,19 @@ def test_training_loops_learn_and_install_the_averaged_weights() -> None:
     assert pipe.unet is not unet_before and not pipe.unet.training
 
 
-def test_a_rebuild_from_a_seed_is_identical_and_loads_as_a_local_model(tmp_path: Path) -> None:
-    builds = [tmp_path / "first", tmp_path / "second"]
-    for out in builds:
-        demo_model.build(out, seed=7, vae_steps=2, denoiser_steps=2, batch_size=4)
-    weights = [(out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() for out in builds]
-    assert weights[0] == weights[1]
-    pipe = loading.load_folder(builds[0], torch.float32)
+def test_a_rebuild_from_a_seed_is_identical_resumed_or_not_and_loads_as_a_local_model(tmp_path: Path) -> None:
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    demo_model.build(whole, seed=7, vae_steps=2, denoiser_steps=(2, 2), batch_size=4)
+    demo_model.build(resumed, seed=7, vae_steps=2, denoiser_steps=(2,), batch_size=4)
+    stage_one = (resumed / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    demo_model.build(resumed, seed=7, vae_steps=2, denoiser_steps=(2, 2), batch_size=4, resume=True)
+    weights = [(out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() for out in (whole, resumed)]
+    assert weights[0] == weights[1] != stage_one
+    record = json.loads((whole / demo_model.RECORD).read_text())
+    assert record["seed"] == 7 and record["denoiser_stages"] == [2, 2]
+    with pytest.raises(ValueError, match="other settings"):
+        demo_model.build(resumed, seed=8, vae_steps=2, denoiser_steps=(2, 2), batch_size=4, resume=True)
+    pipe = loading.load_folder(whole, torch.float32)
     assert pipe.unet.config.sample_size == 16 and pipe.vae.config.scaling_factor > 0
     image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="pil").images[0]
     assert image.size == (64, 64)
