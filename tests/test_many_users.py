@@ -250,7 +250,7 @@ def test_two_users_at_once_each_get_their_own_result(open_page: Callable[[str], 
     first, second = open_page(server.url), open_page(server.url)
     # Different step counts too: a page showing "Step n/<the other's count>" shows the other's job.
     asks = {
-        "first": (first, "a red boat on a calm lake", 1111, 10),
+        "first": (first, "a red boat on a calm lake", 1111, 40),  # long enough to outlast the second click
         "second": (second, "a green fox in deep snow", 2222, 14),
     }
     for page, prompt, seed, steps in asks.values():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import pixels
 
 from pipelines import catalog, loading, samplers
@@ -27,7 +28,7 @@ FAST = {"steps": 4, "width": 64, "height": 64, "seed": 11}
 def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model saved as a diffusers folder, the way users keep downloaded models."""
     folder = tmp_path_factory.mktemp("saved") / "demo-copy"
-    loading.build_untrained_demo().save_pretrained(folder, safe_serialization=True)
+    loading.load_builtin_demo(torch.float32).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
