@@ -112,7 +112,8 @@ def build(
     started = time.perf_counter()
     recipe = {"seed": seed, "autoencoder_steps": vae_steps, "batch_size": batch_size}
     record = _read_record(out, recipe) if resume else {**recipe, "denoiser_stages": [], "minutes": 0.0}
-    pipe = _stage_start(out) if record["denoiser_stages"] else _train_autoencoder(seed, vae_steps, batch_size, report)
+    # A resumed build loads the model at the start of its next stage, like every stage after the first.
+    pipe = None if record["denoiser_stages"] else _train_autoencoder(seed, vae_steps, batch_size, report)
 
     def checkpoint(step: int, averaged: dict[str, torch.nn.Module]) -> None:
         live = pipe.unet, pipe.text_encoder
