@@ -133,11 +133,18 @@ def load_folder(path: Path, dtype: torch.dtype) -> Any:
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(path.name, f"its model_index.json cannot be read ({exc})") from exc
     auto = AutoPipelineForInpainting if "Inpaint" in index.get("_class_name", "") else AutoPipelineForText2Image
-    kwargs = {"safety_checker": None} if "safety_checker" in index else {}
     try:
-        return auto.from_pretrained(path, dtype=dtype, use_safetensors=True, local_files_only=True, **kwargs)
+        return auto.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, local_files_only=True, **_without_safety_checker(index)
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelUnavailable(path.name, f"loading the folder failed: {exc}") from exc
+
+
+def _without_safety_checker(index: dict[str, Any]) -> dict[str, Any]:
+    """Loading arguments that leave out the NSFW checker of pipelines that have one. Saying it is
+    not required too: SD pipelines otherwise warn at every construction, each mode view included."""
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
 
 
 def load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, Family]:
@@ -155,9 +162,11 @@ def load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, Family]:
         (True, True): "StableDiffusionXLInpaintPipeline",
     }
     pipeline_class = getattr(diffusers, classes[(family.name == "sdxl", family.inpainting)])
-    tokenizers = {"tokenizer": clip_tokenizer("!" if family.name == "sd2" else "<|endoftext|>")}
+    pipeline_kwargs = {"tokenizer": clip_tokenizer("!" if family.name == "sd2" else "<|endoftext|>")}
     if family.name == "sdxl":
-        tokenizers["tokenizer_2"] = clip_tokenizer("!")
+        pipeline_kwargs["tokenizer_2"] = clip_tokenizer("!")
+    else:
+        pipeline_kwargs["requires_safety_checker"] = False  # not an SDXL argument
     with tempfile.TemporaryDirectory(prefix="atelier-config-") as config:
         _write_family_config(family, pipeline_class.__name__, Path(config))
         try:
@@ -168,7 +177,7 @@ def load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, Family]:
                 dtype=dtype,
                 safety_checker=None,
                 disable_mmap=True,  # weights in RAM: no open file handle, aligned tensors
-                **tokenizers,
+                **pipeline_kwargs,
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelUnavailable(path.name, f"the {family.label} checkpoint could not be read: {exc}") from exc
@@ -201,9 +210,11 @@ def load_hub(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None
     folder = fetch_hub(repo_id, dtype, progress)
     variant = "fp16" if dtype == torch.float16 and list(Path(folder).glob("unet/*.fp16.safetensors")) else None
     try:
+        index = json.loads((Path(folder) / "model_index.json").read_text())
         return AutoPipelineForText2Image.from_pretrained(
-            folder, dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True, safety_checker=None
-        )
+            folder, dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True,
+            **_without_safety_checker(index),
+        )  # fmt: skip
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(repo_id, f"the downloaded files could not be loaded: {exc}") from exc
 

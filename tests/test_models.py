@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import subprocess
 import sys
@@ -140,6 +141,24 @@ def test_hub_id_in_the_hf_home_cache_loads_offline(tmp_path: Path, demo_folder: 
     assert "OK atelier-test/tiny (64, 64)" in done.stdout, done.stderr[-2000:]
     assert "stabilityai/sd-turbo (downloaded)" in done.stdout
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5 (download ~2.1 GB)" in done.stdout
+
+
+def test_loading_a_model_and_its_mode_views_does_not_warn_about_the_safety_checker(
+    demo_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Atelier leaves the NSFW checker out on purpose; diffusers warned about it at every view."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            pipe = loading.load_folder(demo_folder, torch.float32)
+            views = [auto.from_pipe(pipe) for auto in (AutoPipelineForImage2Image, AutoPipelineForInpainting)]
+    finally:
+        diffusers_logging.disable_propagation()
+    assert [view.safety_checker for view in views] == [None, None]
+    assert not [record.getMessage() for record in caplog.records if "safety checker" in record.getMessage()]
 
 
 def test_mode_views_share_every_module_and_switch_in_milliseconds(engine: Engine) -> None:
