@@ -100,6 +100,10 @@ def test_generate_shows_the_image_and_the_gallery_keeps_it(page: Any) -> None:
     page.locator("#txt2img-status").get_by_text("Done in").wait_for(timeout=60_000)
     result = "#txt2img-results img[src*='gradio_api/file=']"
     _shot(page, "02-result")
+    shown, panel = page.locator(result).first.bounding_box(), page.locator("#txt2img-results").bounding_box()
+    assert panel["y"] <= shown["y"] and shown["y"] + shown["height"] <= panel["y"] + panel["height"], (
+        f"the result is cropped: picture {shown}, results panel {panel}"
+    )
     image = _fetch_image(page, result)
     assert image.size == (64, 64)  # the demo model's native size
     drawn = scenes.analyse(image)  # the built-in model draws what it is asked

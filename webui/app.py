@@ -29,6 +29,8 @@ CSS = """
 .tool-button { max-width: 48px; font-size: 1.2em; }
 .job-status { min-height: 1.5em; font-size: 0.9em; }
 #atelier-title h1 { margin: 0; font-size: 1.5em; }
+/* One result fills the panel's width: keep it short enough to be seen whole, not cropped. */
+.results-gallery .thumbnail-item { max-height: 520px; }
 """
 
 

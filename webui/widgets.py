@@ -127,7 +127,7 @@ def build_generation_widgets(
             status = gr.Markdown("", elem_classes=["job-status"], elem_id=f"{mode}-status")
             results = gr.Gallery(
                 label="Results", columns=2, height="auto", object_fit="contain", interactive=False,
-                elem_id=f"{mode}-results",
+                elem_id=f"{mode}-results", elem_classes=["results-gallery"],
             )  # fmt: skip
             infotext = gr.Textbox(
                 label="Parameters", lines=4, interactive=False, buttons=["copy"], elem_id=f"{mode}-infotext"
