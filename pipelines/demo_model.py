@@ -190,7 +190,8 @@ def save(pipe: Any, out: Path) -> None:
         copies = {name: copy.deepcopy(getattr(pipe, name)).half() for name in ("unet", "vae", "text_encoder")}
         from diffusers import StableDiffusionPipeline
 
-        StableDiffusionPipeline(**{**pipe.components, **copies}).save_pretrained(staging, safe_serialization=True)
+        saved = StableDiffusionPipeline(**{**pipe.components, **copies}, requires_safety_checker=False)
+        saved.save_pretrained(staging, safe_serialization=True)
         old = out.with_name(out.name + ".old")
         if out.exists():
             out.rename(old)
