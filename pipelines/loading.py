@@ -162,22 +162,21 @@ def load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, Family]:
         (True, True): "StableDiffusionXLInpaintPipeline",
     }
     pipeline_class = getattr(diffusers, classes[(family.name == "sdxl", family.inpainting)])
-    pipeline_kwargs = {"tokenizer": clip_tokenizer("!" if family.name == "sd2" else "<|endoftext|>")}
+    tokenizers = {"tokenizer": clip_tokenizer("!" if family.name == "sd2" else "<|endoftext|>")}
     if family.name == "sdxl":
-        pipeline_kwargs["tokenizer_2"] = clip_tokenizer("!")
-    else:
-        pipeline_kwargs["requires_safety_checker"] = False  # not an SDXL argument
+        tokenizers["tokenizer_2"] = clip_tokenizer("!")
     with tempfile.TemporaryDirectory(prefix="atelier-config-") as config:
         _write_family_config(family, pipeline_class.__name__, Path(config))
+        index = json.loads((Path(config) / "model_index.json").read_text())
         try:
             pipe = pipeline_class.from_single_file(
                 str(path),
                 config=config,
                 local_files_only=True,
                 dtype=dtype,
-                safety_checker=None,
                 disable_mmap=True,  # weights in RAM: no open file handle, aligned tensors
-                **pipeline_kwargs,
+                **tokenizers,
+                **_without_safety_checker(index),
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelUnavailable(path.name, f"the {family.label} checkpoint could not be read: {exc}") from exc
