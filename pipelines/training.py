@@ -157,24 +157,39 @@ def train_denoiser(
     schedule: Schedule,
     noise_offset: float = 0.05,
     min_snr_gamma: float = 5.0,
+    noisy_weight: float = 0.0,
     report: Report | None = None,
     checkpoint: Callable[[int, dict[str, torch.nn.Module]], None] | None = None,
 ) -> Any:
-    """Trains ``pipe.unet`` and ``pipe.text_encoder`` together to predict the noise added to the
-    latents of ``pipe.vae`` (frozen), under ``pipe.scheduler``'s training schedule.
+    """Trains ``pipe.unet`` and ``pipe.text_encoder`` together on the latents of ``pipe.vae``
+    (frozen), under ``pipe.scheduler``'s training schedule and prediction type: the noise, or the
+    velocity of v-prediction models (SD 2.x 768-v; trained as noise predictors they unlearn).
 
     An empty caption in the batches is the unconditional case classifier-free guidance uses.
     ``noise_offset`` adds a little noise shared by a whole channel, so the model learns to change
     a picture's overall colour (plain noise barely touches it at the last step of SD's schedule).
-    Min-SNR weighting keeps the nearly clean steps from crowding out layout and colour. Returns
-    the pipeline with the averaged weights in place; ``checkpoint`` is handed the averaged modules
-    by name every ``schedule.checkpoint_every`` steps.
+    Each step's error counts as the error in the clean picture it implies, weighted
+    min(SNR, gamma): min-SNR keeps the nearly clean steps from crowding out layout and colour.
+    Under v-prediction ``noisy_weight`` is added: min-SNR weights the noisiest steps ~SNR, nearly
+    nothing, and those decide where things go (a noise predictor cannot be given the same floor:
+    at SD's last step it would weigh 200 times). Returns the pipeline with the averaged weights
+    in place; ``checkpoint`` is handed the averaged modules by name every
+    ``schedule.checkpoint_every`` steps.
     """
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
+    # A clean-picture error e is a noise error of e * sqrt(SNR) and a velocity error of e * sqrt(SNR + 1).
+    if noise_schedule.config.prediction_type == "v_prediction":
+        weights = (snr.clamp(max=min_snr_gamma) + noisy_weight) / (snr + 1)
+        target = noise_schedule.get_velocity
+    elif noise_schedule.config.prediction_type == "epsilon":
+        weights = snr.clamp(max=min_snr_gamma) / snr
+        target = _noise_target
+    else:
+        raise ValueError(f"cannot train prediction type {noise_schedule.config.prediction_type!r}")
     pipe.vae.eval().requires_grad_(False)
     scale = pipe.vae.config.scaling_factor
     trained = [pipe.unet, pipe.text_encoder]
@@ -195,8 +210,8 @@ def train_denoiser(
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         context = pipe.text_encoder(tokens.input_ids)[0]
         predicted = pipe.unet(noisy, timesteps, context).sample
-        weights = torch.clamp(snr[timesteps], max=min_snr_gamma) / snr[timesteps]
-        loss = (weights * F.mse_loss(predicted, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        loss = (weights[timesteps] * F.mse_loss(predicted, target(latents, noise, timesteps), reduction="none").mean(
+            dim=(1, 2, 3))).mean()  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -209,6 +224,10 @@ def train_denoiser(
             break
     pipe.unet, pipe.text_encoder = (ema.average for ema in emas)
     return pipe
+
+
+def _noise_target(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    return noise
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

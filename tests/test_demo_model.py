@@ -138,6 +138,31 @@ def test_training_loops_learn_and_install_the_averaged_weights() -> None:
     assert pipe.unet is not unet_before and not pipe.unet.training
 
 
+def test_a_v_prediction_model_is_trained_to_predict_the_velocity_not_the_noise() -> None:
+    """SD 2.x 768-v models predict v = alpha * noise - sigma * picture: fine-tuning one on the
+    noise would unlearn it. At a noisy step the two targets differ most (v is nearly -picture)."""
+    from diffusers import DDPMScheduler
+
+    pipe = demo_model.untrained(3)
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    schedule = training.Schedule(steps=60, learning_rate=2e-3, warmup_steps=5, ema_decay=0.0)
+    training.train_denoiser(pipe, demo_model.scene_batches(4, 8), schedule, noisy_weight=1.0)
+    images, captions = next(demo_model.scene_batches(5, 16))
+    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+        timesteps = torch.full((16,), 900)
+        tokens = pipe.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt")
+        predicted = pipe.unet(noise_schedule.add_noise(latents, noise, timesteps), timesteps,
+                              pipe.text_encoder(tokens.input_ids)[0]).sample  # fmt: skip
+    velocity = noise_schedule.get_velocity(latents, noise, timesteps)
+    assert (predicted - velocity).pow(2).mean() < 0.5 * (predicted - noise).pow(2).mean()
+    with pytest.raises(ValueError, match="'sample'"):
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="sample")
+        training.train_denoiser(pipe, demo_model.scene_batches(4, 2), training.Schedule(steps=1))
+
+
 def test_a_rebuild_from_a_seed_is_identical_resumed_or_not_and_loads_as_a_local_model(tmp_path: Path) -> None:
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     demo_model.build(whole, seed=7, vae_steps=2, denoiser_steps=(2, 2), batch_size=4)
