@@ -210,8 +210,8 @@ def train_denoiser(
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         context = pipe.text_encoder(tokens.input_ids)[0]
         predicted = pipe.unet(noisy, timesteps, context).sample
-        loss = (weights[timesteps] * F.mse_loss(predicted, target(latents, noise, timesteps), reduction="none").mean(
-            dim=(1, 2, 3))).mean()  # fmt: skip
+        errors = F.mse_loss(predicted, target(latents, noise, timesteps), reduction="none").mean(dim=(1, 2, 3))
+        loss = (weights[timesteps] * errors).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
