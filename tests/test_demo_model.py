@@ -73,6 +73,17 @@ def test_it_draws_the_colour_asked(engine: Engine, prompt: str, colour: str) -> 
     assert read.count(colour) >= 2, f"{prompt!r} read as {read}"
 
 
+@pytest.mark.xfail(strict=True, reason="issue 7: the shipped demo model puts things where the seed says (place 20%)")
+def test_it_draws_the_place_asked(engine: Engine) -> None:
+    asked = {"a red square on the left": "left", "a blue circle on the right": "right",
+             "a yellow star at the top": "top", "a green triangle at the bottom": "bottom"}  # fmt: skip
+    read = {}
+    for prompt in asked:
+        images = engine.generate(Txt2Img(prompt, seed=50, batch_size=3)).images
+        read[prompt] = [scenes.analyse(image).place for image in images]
+    assert sum(places.count(asked[prompt]) for prompt, places in read.items()) >= 10, read
+
+
 def test_a_negative_prompt_keeps_its_colour_out(engine: Engine) -> None:
     plain = engine.generate(Txt2Img("a circle", seed=70, batch_size=4, batch_count=2)).images
     negative = engine.generate(Txt2Img("a circle", "red", seed=70, batch_size=4, batch_count=2)).images
