@@ -158,6 +158,8 @@ def train_denoiser(
     noise_offset: float = 0.05,
     min_snr_gamma: float = 5.0,
     noisy_weight: float = 0.0,
+    clean_share: float = 0.0,
+    clean_below: int = 400,
     report: Report | None = None,
     checkpoint: Callable[[int, dict[str, torch.nn.Module]], None] | None = None,
 ) -> Any:
@@ -172,9 +174,11 @@ def train_denoiser(
     min(SNR, gamma): min-SNR keeps the nearly clean steps from crowding out layout and colour.
     Under v-prediction ``noisy_weight`` is added: min-SNR weights the noisiest steps ~SNR, nearly
     nothing, and those decide where things go (a noise predictor cannot be given the same floor:
-    at SD's last step it would weigh 200 times). Returns the pipeline with the averaged weights
-    in place; ``checkpoint`` is handed the averaged modules by name every
-    ``schedule.checkpoint_every`` steps.
+    at SD's last step it would weigh 200 times). ``clean_share`` of each batch is drawn from the
+    ``clean_below`` cleanest steps instead of all of them: that is where edges and corners form
+    (a square from a circle), and min-SNR leaves them little weight at each step. Returns the
+    pipeline with the averaged weights in place; ``checkpoint`` is handed the averaged modules by
+    name every ``schedule.checkpoint_every`` steps.
     """
     from diffusers import DDPMScheduler
 
@@ -207,6 +211,8 @@ def train_denoiser(
             tokens = pipe.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt")
         noise = torch.randn_like(latents) + noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1)
         timesteps = torch.randint(0, len(alphas), (latents.shape[0],))
+        if clean := round(clean_share * len(timesteps)):
+            timesteps[:clean] = torch.randint(0, clean_below, (clean,))
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         context = pipe.text_encoder(tokens.input_ids)[0]
         predicted = pipe.unet(noisy, timesteps, context).sample

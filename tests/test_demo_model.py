@@ -174,18 +174,42 @@ def test_a_v_prediction_model_is_trained_to_predict_the_velocity_not_the_noise()
         training.train_denoiser(pipe, demo_model.scene_batches(4, 2), training.Schedule(steps=1))
 
 
+def test_a_clean_share_of_each_batch_trains_on_the_clean_steps() -> None:
+    """Corners form in the last, nearly clean steps: ``clean_share`` sends that share of every
+    batch there, and leaves the rest spread over the whole schedule."""
+    pipe = demo_model.untrained(3)
+    seen: list[torch.Tensor] = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    schedule = training.Schedule(steps=3, warmup_steps=1, ema_decay=0.0)
+    training.train_denoiser(pipe, demo_model.scene_batches(4, 8), schedule, clean_share=0.5, clean_below=10)
+    assert len(seen) == 3
+    assert all(int((timesteps < 10).sum()) >= 4 for timesteps in seen), seen
+    assert int((torch.cat(seen) >= 10).sum()) >= 6, seen
+
+
 def test_a_rebuild_from_a_seed_is_identical_resumed_or_not_and_loads_as_a_local_model(tmp_path: Path) -> None:
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    demo_model.build(whole, seed=7, vae_steps=2, denoiser_steps=(2, 2), batch_size=4)
-    demo_model.build(resumed, seed=7, vae_steps=2, denoiser_steps=(2,), batch_size=4)
+    stages = (demo_model.Stage(2, noisy_weight=1.0), demo_model.Stage(2, clean_share=0.5))
+    demo_model.build(whole, seed=7, vae_steps=2, stages=stages, batch_size=4)
+    demo_model.build(resumed, seed=7, vae_steps=2, stages=(), batch_size=4)  # stopped after the autoencoder
+    demo_model.build(resumed, seed=7, vae_steps=2, stages=stages[:1], batch_size=4, resume=True)
     stage_one = (resumed / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    demo_model.build(resumed, seed=7, vae_steps=2, denoiser_steps=(2, 2), batch_size=4, resume=True)
+    demo_model.build(resumed, seed=7, vae_steps=2, stages=stages, batch_size=4, resume=True)
     weights = [(out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() for out in (whole, resumed)]
     assert weights[0] == weights[1] != stage_one
     record = json.loads((whole / demo_model.RECORD).read_text())
-    assert record["seed"] == 7 and record["denoiser_stages"] == [2, 2]
+    assert record["seed"] == 7 and record["denoiser_stages"] == [
+        {"steps": 2, "noisy_weight": 1.0, "clean_share": 0.0},
+        {"steps": 2, "noisy_weight": 0.0, "clean_share": 0.5},
+    ]
+    shipped_schedule = json.loads((demo_model.ARCHITECTURE / "scheduler" / "scheduler_config.json").read_text())
+    assert json.loads((whole / "scheduler" / "scheduler_config.json").read_text()) | {"_diffusers_version": ""} == (
+        shipped_schedule | {"_diffusers_version": ""}
+    )
     with pytest.raises(ValueError, match="other settings"):
-        demo_model.build(resumed, seed=8, vae_steps=2, denoiser_steps=(2, 2), batch_size=4, resume=True)
+        demo_model.build(resumed, seed=8, vae_steps=2, stages=stages, batch_size=4, resume=True)
+    with pytest.raises(ValueError, match="other stages"):
+        demo_model.build(resumed, seed=7, vae_steps=2, stages=stages[:1] * 3, batch_size=4, resume=True)
     pipe = loading.load_folder(whole, torch.float32)
     assert pipe.unet.config.sample_size == 16 and pipe.vae.config.scaling_factor > 0
     image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="pil").images[0]
