@@ -7,7 +7,8 @@
 Every colour x shape x place is drawn at the model's native size with the page's default settings
 over several seeds and read back by ``pipelines.scenes.analyse`` (the same rules that drew the
 training pictures). Printed: colour, shape and place accuracy (with the worst cases), what a
-negative prompt does ("a red circle" with negative "red"), inpaint locality (recolour the thing
+negative prompt does (how often "a circle" comes out in a colour, without and with that colour
+as the negative prompt), inpaint locality (recolour the thing
 inside a mask, keep the rest), and the time one native-size picture takes. The last line is one
 JSON object with every figure.
 """
@@ -71,15 +72,23 @@ def misses(found: list[dict[str, Any]], key: str, top: int = 4) -> str:
     return ", ".join(f"{pair} x{count}" for pair, count in wrong.most_common(top)) or "none"
 
 
-def negative_effect(engine: Engine, model: str, seeds: int) -> dict[str, float]:
-    """Share of pictures read as red, without and with the negative prompt "red"."""
-    shares = {}
-    for prompt, negative in (("a red circle", ""), ("a red circle", "red"), ("a circle", ""), ("a circle", "red")):
-        request = Txt2Img(prompt, negative, model=model, seed=2000, batch_size=4, batch_count=max(1, seeds // 4))
-        images = engine.generate(request).images
-        red = sum(scenes.analyse(image).colour == "red" for image in images)
-        shares[f"{prompt} | negative '{negative}'"] = red / len(images)
-    return shares
+def negative_effect(engine: Engine, model: str, seeds: int) -> dict[str, Any]:
+    """How often "a circle" comes out in each colour, without and with that colour as the negative
+    prompt (the prompt names no colour, so the model picks one; the negative should rule one out)."""
+
+    def colours(negative: str) -> list[str]:
+        request = Txt2Img("a circle", negative, model=model, seed=2000, batch_size=4, batch_count=max(1, seeds // 4))
+        return [scenes.analyse(image).colour for image in engine.generate(request).images]
+
+    plain = colours("")
+    unnamed = {colour: plain.count(colour) / len(plain) for colour in scenes.COLOURS}
+    named = {colour: colours(colour).count(colour) / len(plain) for colour in scenes.COLOURS}
+    return {
+        "plain": statistics.mean(unnamed.values()),
+        "negative": statistics.mean(named.values()),
+        "plain_by_colour": unnamed,
+        "negative_by_colour": named,
+    }
 
 
 def inpaint_locality(engine: Engine, model: str, seeds: int) -> dict[str, float]:
@@ -148,8 +157,13 @@ def main() -> None:
         verdict = "ok" if figures[key] >= target else "BELOW TARGET"
         print(f"{key:>7} accuracy {figures[key]:6.1%} (target {target:.0%}, {verdict}); misses: {misses(found, key)}")
     figures["negative_prompt"] = negative_effect(engine, model, max(8, args.seeds * 4))
-    for case, share in figures["negative_prompt"].items():
-        print(f"red share {share:6.1%}  {case}")
+    negative = figures["negative_prompt"]
+    worst = max(negative["negative_by_colour"], key=negative["negative_by_colour"].get)
+    print(
+        f"'a circle' drawn in a given colour: {negative['plain']:.1%} of pictures; with that colour as the "
+        f"negative prompt: {negative['negative']:.1%} (most: {worst}, {negative['plain_by_colour'][worst]:.1%} -> "
+        f"{negative['negative_by_colour'][worst]:.1%})"
+    )
     figures["inpaint"] = inpaint_locality(engine, model, args.seeds)
     print(f"inpaint: recoloured {figures['inpaint']['recoloured']:.1%}, mean change outside the mask "
           f"{figures['inpaint']['outside_mean_abs_change']:.2f} / 255")  # fmt: skip
