@@ -120,8 +120,11 @@ def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) 
     Image.new("RGB", (128, 128), BLUE).save(picture)
     page.get_by_role("tab", name="Inpaint").click()
     editor = page.locator("#inpaint-editor")
-    # Paint only once the upload has reached the server; a stroke on an empty canvas would paint
-    # over a blank background instead of the picture.
+    # The editor drops a file handed over before its drawing canvas exists (it starts up a second
+    # or two after the tab opens; a person is never that quick), so wait for the canvas. Then paint
+    # only once the upload has reached the server: a stroke on an empty canvas would paint over a
+    # blank background instead of the picture.
+    editor.locator("canvas").first.wait_for(state="attached", timeout=30_000)
     with page.expect_response(lambda response: "/upload" in response.url and response.ok, timeout=30_000):
         editor.locator("input[type=file]").first.set_input_files(str(picture))
     page.wait_for_timeout(1500)
