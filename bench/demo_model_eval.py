@@ -1,6 +1,6 @@
 """Does the built-in demo model draw what it is asked? Judged by its pixels, and printed.
 
-    python bench/demo_model_eval.py                       # the shipped model, ~3 minutes on 2 cores
+    python bench/demo_model_eval.py                       # the shipped model, ~5 minutes on 2 cores
     python bench/demo_model_eval.py --model path/to/folder --seeds 2
     python bench/demo_model_eval.py --grid bench/results/demo-model-grid.png
 
@@ -8,9 +8,8 @@ Every colour x shape x place is drawn at the model's native size with the page's
 over several seeds and read back by ``pipelines.scenes.analyse`` (the same rules that drew the
 training pictures). Printed: colour, shape and place accuracy (with the worst cases), what a
 negative prompt does (how often "a circle" comes out in a colour, without and with that colour
-as the negative prompt), inpaint locality (recolour the thing
-inside a mask, keep the rest), and the time one native-size picture takes. The last line is one
-JSON object with every figure.
+as the negative prompt), inpaint locality (recolour the thing inside a mask, keep the rest), and
+the time one native-size picture takes. The last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
