@@ -140,10 +140,9 @@ def _api_routes(args: argparse.Namespace, engine: Any, library: Any, auth: list[
 
 
 def _warm_up(engine: Any) -> None:
-    """Load the default model after the page is up, so the first Generate does not wait for it."""
+    """Load and warm the default model after the page is up, so the first Generate does not wait."""
     try:
-        engine.count_tokens("")  # first: the prompt counters need the tokenizer as soon as one types
-        engine.load()
+        engine.warm_up()
     except Exception as exc:  # the page shows the same error when the user generates
         log.error("could not load the default model %s: %s", engine.default_model, exc)
 

@@ -26,7 +26,7 @@ from . import catalog, images, infotext, loading, preview, samplers
 from .errors import Interrupted, OutOfMemory, QueueFull
 from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
-from .requests import Img2Img, Inpaint, Limits, Request
+from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
 from .settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,16 @@ class Engine:
         name = name or self.default_model
         self.manager.fetch(name, progress)
         return self._device_thread.submit(self._load_now, name).result()
+
+    def warm_up(self) -> None:
+        """Build the tokenizer, load the default model and run it once for one step, so that the
+        first picture anyone asks for costs what every later one does (torch's first call on a
+        model sets up kernels and memory pools: seconds on a CPU)."""
+        self.count_tokens("")
+        model = self.load()
+        side = max(64, min(model.native_size, 256) // 64 * 64)
+        self.generate(Txt2Img(prompt="", steps=1, width=side, height=side, model=model.name))
+        log.info("model %s is loaded and warm", model.name)
 
     def _load_now(self, name: str) -> LoadedModel:
         with self._device_lock:
