@@ -4,7 +4,9 @@ User presets live in one human-readable JSON file (``<data-dir>/presets.json``, 
 Every change re-reads the file under a lock, applies the change and writes a temp file that is
 fsynced and renamed over the old one, after the old one is copied to ``presets.json.bak``; so two
 browser tabs saving at once both keep their preset, and a crash leaves the old file or the new one.
-A damaged file is moved aside (never deleted) and the backup, or nothing, is used instead.
+A damaged file is moved aside (never deleted) and the backup, or nothing, is used instead; a file
+with some bad entries is copied aside as it was, and the good entries are kept. What an entry may
+hold, and how large, is checked by ``presets.validation``.
 """
 
 from __future__ import annotations
@@ -21,25 +23,30 @@ import shutil
 import tempfile
 import threading
 import time
-import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
+
+from presets.validation import (
+    MAX_FILE_BYTES,
+    MAX_PRESETS,
+    check_entry,
+    sort_entries,
+    summarise,
+    too_many,
+)
+from presets.validation import MAX_NAME as MAX_NAME  # re-exported: callers know them as presets.store's
+from presets.validation import PresetError as PresetError
+from presets.validation import check_name as check_name
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "atelier-presets"
 VERSION = 1
 LIBRARY = Path(__file__).parent / "library"
-MAX_NAME = 80
-_JOINERS = "\u200c\u200d"  # zero-width (non-)joiners: format characters that emoji and many scripts need
 KINDS = ("style", "negative", "settings")
 _SECTIONS = {"style": "styles", "negative": "negatives", "settings": "settings"}
-
-
-class PresetError(ValueError):
-    """A preset operation that cannot be done; the message says why."""
 
 
 class PresetExists(PresetError):
@@ -74,20 +81,23 @@ class SavedSettings:
     builtin: bool = False
 
 
-def check_name(name: Any) -> str:
-    """A preset name: 1-80 visible characters, any script, no path separators or control characters."""
-    if not isinstance(name, str):
-        raise PresetError(f"a preset name must be text, got {type(name).__name__}")
-    cleaned = unicodedata.normalize("NFC", name).strip()
-    if not cleaned:
-        raise PresetError("a preset needs a name")
-    if len(cleaned) > MAX_NAME:
-        raise PresetError(f"preset names are at most {MAX_NAME} characters, this one has {len(cleaned)}")
-    bad = sorted({c for c in cleaned if c in "/\\" or (unicodedata.category(c).startswith("C") and c not in _JOINERS)})
-    if bad or cleaned in (".", ".."):
-        shown = ", ".join(repr(c) for c in bad) or repr(cleaned)
-        raise PresetError(f"preset name {cleaned!r} contains characters that are not allowed: {shown}")
-    return cleaned
+Preset = Style | NegativePreset | SavedSettings
+_CLASSES: dict[str, type[Preset]] = {"style": Style, "negative": NegativePreset, "settings": SavedSettings}
+_Builtin = TypeVar("_Builtin", Style, NegativePreset)
+
+
+@dataclass
+class ImportReport:
+    """What an import did, and why each refused entry was refused."""
+
+    added: int = 0
+    replaced: int = 0
+    skipped: int = 0
+    refused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.added} added, {self.replaced} replaced, {self.skipped} skipped"
+        return text + (f", {len(self.refused)} refused: {summarise(self.refused)}" if self.refused else "")
 
 
 def merge_style(style_text: str, user_text: str) -> str:
@@ -107,6 +117,7 @@ class PresetLibrary:
         self._builtin_negatives = [
             NegativePreset(**n, builtin=True) for n in _read_library("negatives.json", "negatives")
         ]
+        self._user()  # read the user's file now, so what is wrong with it is known (and logged) at start
 
     # -- reading ----------------------------------------------------------------------------
     def styles(self) -> list[Style]:
@@ -118,22 +129,33 @@ class PresetLibrary:
     def saved(self) -> list[SavedSettings]:
         return [SavedSettings(**s) for s in self._user()["settings"]]
 
-    def get(self, kind: str, name: str) -> Style | NegativePreset | SavedSettings:
-        found = {item.name: item for item in self.items(kind)}
+    @overload
+    def get(self, kind: Literal["style"], name: str) -> Style: ...
+    @overload
+    def get(self, kind: Literal["negative"], name: str) -> NegativePreset: ...
+    @overload
+    def get(self, kind: Literal["settings"], name: str) -> SavedSettings: ...
+    @overload
+    def get(self, kind: str, name: str) -> Preset: ...
+    def get(self, kind: str, name: str) -> Preset:
+        found: dict[str, Preset] = {item.name: item for item in self.items(kind)}
         if name not in found:
             known = ", ".join(found) or "none"
             raise PresetError(f"there is no {kind} preset called {name!r}; known: {known}")
         return found[name]
 
-    def list(self) -> list[dict[str, Any]]:
+    def entries(self) -> list[dict[str, Any]]:
         """Every preset as ``{"name", "kind", "builtin"}``, for pickers and the API."""
         return [
             {"name": item.name, "kind": kind, "builtin": item.builtin} for kind in KINDS for item in self.items(kind)
         ]
 
-    def items(self, kind: str) -> list[Any]:
+    def items(self, kind: str) -> list[Style] | list[NegativePreset] | list[SavedSettings]:
         _check_kind(kind)
-        return {"style": self.styles, "negative": self.negatives, "settings": self.saved}[kind]()
+        readers: dict[str, Callable[[], list[Style] | list[NegativePreset] | list[SavedSettings]]] = {
+            "style": self.styles, "negative": self.negatives, "settings": self.saved,
+        }  # fmt: skip
+        return readers[kind]()
 
     def compose(self, prompt: str, negative: str, styles: list[str], negatives: list[str]) -> tuple[str, str]:
         """The prompt and negative prompt that the chosen styles and negative presets produce."""
@@ -148,21 +170,29 @@ class PresetLibrary:
         return prompt, negative
 
     # -- writing ----------------------------------------------------------------------------
-    def save(self, kind: str, item: Style | NegativePreset | SavedSettings, overwrite: bool = False) -> None:
+    def save(self, kind: str, item: Preset, overwrite: bool = False) -> None:
         _check_kind(kind)
+        if not isinstance(item, _CLASSES[kind]):
+            raise PresetError(f"a {kind} preset must be a {_CLASSES[kind].__name__}, got {type(item).__name__}")
         item.name = check_name(item.name)
         item.builtin = False
         if isinstance(item, SavedSettings):
             item.updated = time.strftime("%Y-%m-%dT%H:%M:%S")
-        record = {k: v for k, v in asdict(item).items() if k != "builtin"}
+        section_name = _SECTIONS[kind]
+        record = check_entry(section_name, {k: v for k, v in asdict(item).items() if k != "builtin"})
 
         def change(data: dict[str, Any]) -> None:
-            section = data[_SECTIONS[kind]]
+            section = data[section_name]
             existing = [i for i, entry in enumerate(section) if entry["name"] == item.name]
             if existing and not overwrite:
                 raise PresetExists(f"a {kind} preset called {item.name!r} exists; save with overwrite to replace it")
             if existing:
                 section[existing[0]] = record
+            elif len(section) >= MAX_PRESETS:
+                raise PresetError(
+                    f"you have {len(section):,} {section_name}, the most Atelier keeps ({MAX_PRESETS:,}); "
+                    f"delete some to save {item.name!r}"
+                )
             else:
                 section.append(record)
 
@@ -170,12 +200,15 @@ class PresetLibrary:
 
     def delete(self, kind: str, name: str) -> None:
         _check_kind(kind)
+        builtin_names = {
+            "style": {style.name for style in self._builtin_styles},
+            "negative": {preset.name for preset in self._builtin_negatives},
+        }.get(kind, set())
 
         def change(data: dict[str, Any]) -> None:
             section = data[_SECTIONS[kind]]
             if not any(entry["name"] == name for entry in section):
-                builtins = {"style": self._builtin_styles, "negative": self._builtin_negatives}.get(kind, [])
-                builtin = any(item.name == name for item in builtins)
+                builtin = name in builtin_names
                 raise PresetError(
                     f"{name!r} is built in and cannot be deleted" if builtin else f"no {kind} preset {name!r}"
                 )
@@ -208,30 +241,27 @@ class PresetLibrary:
         """The user's presets as one JSON-able bundle (the same schema as the file)."""
         return self._user()
 
-    def import_bundle(self, bundle: Any, overwrite: bool = False) -> dict[str, int]:
-        """Add presets from a bundle; existing names are kept unless ``overwrite``. Returns counts."""
-        data = _validated(bundle)
-        counts = {"added": 0, "replaced": 0, "skipped": 0}
+    def import_bundle(self, bundle: Any, overwrite: bool = False) -> ImportReport:
+        """Add presets from a bundle; existing names are kept unless ``overwrite``.
+
+        A bad entry is refused (the report says why) and the rest imports; a bundle with nothing
+        usable in it is a ``PresetError`` and changes nothing.
+        """
+        incoming = _validated(bundle)
+        report = ImportReport()
 
         def change(current: dict[str, Any]) -> None:
             for section in _SECTIONS.values():
-                names = {entry["name"]: i for i, entry in enumerate(current[section])}
-                for entry in data[section]:
-                    entry["name"] = check_name(entry["name"])
-                    if entry["name"] in names and not overwrite:
-                        counts["skipped"] += 1
-                    elif entry["name"] in names:
-                        current[section][names[entry["name"]]] = entry
-                        counts["replaced"] += 1
-                    else:
-                        current[section].append(entry)
-                        names[entry["name"]] = len(current[section]) - 1
-                        counts["added"] += 1
+                good, refused = sort_entries(section, incoming[section], room=len(incoming[section]))
+                report.refused += refused
+                _merge(section, current[section], good, overwrite, report)
+            if report.refused and not (report.added or report.replaced or report.skipped):
+                raise PresetError(f"nothing was imported: {summarise(report.refused)}")
 
         self._change(change)
-        return counts
+        return report
 
-    def import_styles_csv(self, text: str, overwrite: bool = False) -> dict[str, int]:
+    def import_styles_csv(self, text: str, overwrite: bool = False) -> ImportReport:
         """A1111's styles.csv (name,prompt,negative_prompt; ``#`` rows are comments) as user styles."""
         rows = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
         if not rows.fieldnames or "name" not in rows.fieldnames:
@@ -262,46 +292,78 @@ class PresetLibrary:
         with self._lock, _file_lock(self.path):
             return self._read()
 
-    def _change(self, change: Any) -> None:
+    def _change(self, change: Callable[[dict[str, Any]], None]) -> None:
         """Read, change and write the file as one step, so concurrent saves never lose each other."""
         with self._lock, _file_lock(self.path):
             data = self._read()
             change(data)
-            self._write(data)
+            self._write(data, limit=MAX_FILE_BYTES)
 
     def _read(self, from_backup: bool = False) -> dict[str, Any]:
         if not self.path.exists():
             return _empty()
         try:
-            return _validated(json.loads(self.path.read_text(encoding="utf-8")))
+            size = self.path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise PresetError(f"it is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}")
+            data = _validated(json.loads(self.path.read_text(encoding="utf-8")))
         except (OSError, ValueError, PresetError) as exc:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            aside = self.path.with_name(f"presets.damaged-{stamp}.json")
-            for n in itertools.count(2):
-                if not aside.exists():
-                    break
-                aside = self.path.with_name(f"presets.damaged-{stamp}-{n}.json")
-            os.replace(self.path, aside)
-            self.problem = f"Your presets file was damaged ({exc}); it was moved to {aside.name}."
-            log.error(self.problem)
-            if self.backup.exists() and not from_backup:
-                shutil.copy2(self.backup, self.path)
-                self.problem += " The last good copy (presets.json.bak) was restored."
-                return self._read(from_backup=True)
-            return _empty()
+            return self._set_aside_damaged(exc, from_backup)
+        clean, refused = _sorted(data)
+        if refused:
+            self._keep_good_entries(clean, refused)
+        return clean
 
-    def _write(self, data: dict[str, Any]) -> None:
+    def _set_aside_damaged(self, exc: Exception, from_backup: bool) -> dict[str, Any]:
+        aside = self._free_aside_name()
+        os.replace(self.path, aside)
+        self.problem = f"Your presets file was damaged ({exc}); it was moved to {aside.name}."
+        log.error(self.problem)
+        if self.backup.exists() and not from_backup:
+            shutil.copy2(self.backup, self.path)
+            self.problem += " The last good copy (presets.json.bak) was restored."
+            return self._read(from_backup=True)
+        return _empty()
+
+    def _keep_good_entries(self, clean: dict[str, Any], refused: list[str]) -> None:
+        """Copy the file aside as it is, then write only its good entries (once: the next read is clean)."""
+        aside = self._free_aside_name()
+        shutil.copy2(self.path, aside)
+        self._write(clean, backup=False)  # the .bak stays the last good copy; this one is kept aside
+        self.problem = (
+            f"{len(refused)} preset(s) in your presets file could not be used and were left out "
+            f"({summarise(refused)}); the file as it was is kept as {aside.name}."
+        )
+        log.error(self.problem)
+
+    def _free_aside_name(self) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"presets.damaged-{stamp}.json")
+        for n in itertools.count(2):
+            if not aside.exists():
+                break
+            aside = self.path.with_name(f"presets.damaged-{stamp}-{n}.json")
+        return aside
+
+    def _write(self, data: dict[str, Any], limit: int | None = None, backup: bool = True) -> None:
+        # encoded before any file exists, so text that cannot be written leaves nothing behind
+        payload = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        if limit is not None and len(payload) > limit:
+            raise PresetError(f"the presets file would be {len(payload):,} bytes; the limit is {limit:,}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(data, indent=2, ensure_ascii=False)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=self.path.parent, prefix=".presets-", delete=False, encoding="utf-8"
-        ) as temp:
-            temp.write(text + "\n")
-            temp.flush()
-            os.fsync(temp.fileno())
-        if self.path.exists():
-            shutil.copy2(self.path, self.backup)
-        os.replace(temp.name, self.path)
+        descriptor, temp_name = tempfile.mkstemp(dir=self.path.parent, prefix=".presets-")
+        try:
+            with os.fdopen(descriptor, "wb") as temp:
+                temp.write(payload)
+                temp.flush()
+                os.fsync(temp.fileno())
+            if backup and self.path.exists():
+                shutil.copy2(self.path, self.backup)
+            os.replace(temp_name, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp_name)
+            raise
         _fsync_folder(self.path.parent)
 
 
@@ -315,33 +377,56 @@ def _empty() -> dict[str, Any]:
 
 
 def _validated(data: Any) -> dict[str, Any]:
-    """A bundle in the current schema, or ``PresetError`` saying what is wrong with it."""
+    """A bundle in the current schema with its sections as lists (entries not yet checked), or ``PresetError``."""
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise PresetError(f'not an Atelier presets file (expected "schema": "{SCHEMA}")')
     if not isinstance(data.get("version"), int) or data["version"] > VERSION:
         raise PresetError(f"presets version {data.get('version')!r} is newer than this Atelier understands ({VERSION})")
     result = _empty()
-    allowed = {"styles": Style, "negatives": NegativePreset, "settings": SavedSettings}
-    for section, cls in allowed.items():
+    for section in _SECTIONS.values():
         entries = data.get(section, [])
         if not isinstance(entries, list):
             raise PresetError(f"{section} must be a list")
-        known = set(cls.__dataclass_fields__) - {"builtin"}
-        for entry in entries:
-            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                raise PresetError(f"every entry in {section} needs a name")
-            result[section].append({k: v for k, v in entry.items() if k in known})
+        result[section] = entries
     return result
 
 
-def _merged(builtin: list[Any], user: list[Any]) -> list[Any]:
+def _sorted(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The file's good entries (at most ``MAX_PRESETS`` of each kind) and why each other one was left out."""
+    clean, refused = _empty(), []
+    for section in _SECTIONS.values():
+        clean[section], problems = sort_entries(section, data[section], room=MAX_PRESETS)
+        refused += problems
+    return clean, refused
+
+
+def _merge(section: str, current: list[dict[str, Any]], good: list[dict[str, Any]], overwrite: bool,
+           report: ImportReport) -> None:  # fmt: skip
+    """Imported entries into one section of the file, counted in ``report``."""
+    names = {entry["name"]: i for i, entry in enumerate(current)}
+    for record in good:
+        if record["name"] in names and not overwrite:
+            report.skipped += 1
+        elif record["name"] in names:
+            current[names[record["name"]]] = record
+            report.replaced += 1
+        elif len(current) >= MAX_PRESETS:
+            report.refused.append(f"{section} {record['name']!r}: {too_many(section, 0)}")
+        else:
+            current.append(record)
+            names[record["name"]] = len(current) - 1
+            report.added += 1
+
+
+def _merged(builtin: list[_Builtin], user: list[_Builtin]) -> list[_Builtin]:
     """Built-ins first, then the user's; a user preset with a built-in's name replaces it."""
     names = {item.name for item in user}
     return [item for item in builtin if item.name not in names] + user
 
 
 def _read_library(file: str, section: str) -> list[dict[str, Any]]:
-    return json.loads((LIBRARY / file).read_text(encoding="utf-8"))[section]
+    entries: list[dict[str, Any]] = json.loads((LIBRARY / file).read_text(encoding="utf-8"))[section]
+    return entries
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from presets.store import (
     MAX_NAME,
     SCHEMA,
     VERSION,
+    ImportReport,
     NegativePreset,
     PresetError,
     PresetExists,
@@ -135,9 +136,9 @@ def test_builtin_negative_presets_come_in_order_with_descriptions(lib: PresetLib
         assert term in hands
 
 
-def test_list_reports_every_builtin_with_kind_and_flag(lib: PresetLibrary) -> None:
+def test_entries_report_every_builtin_with_kind_and_flag(lib: PresetLibrary) -> None:
     lib.save("settings", SavedSettings("Mine", settings={"steps": 3}))
-    listed = lib.list()
+    listed = lib.entries()
     assert {"name": "Photograph", "kind": "style", "builtin": True} in listed
     assert {"name": "Hands", "kind": "negative", "builtin": True} in listed
     assert {"name": "Mine", "kind": "settings", "builtin": False} in listed
@@ -290,7 +291,7 @@ def test_a_user_style_with_a_builtin_name_replaces_it_once(lib: PresetLibrary) -
     assert not mine.builtin
     assert mine.prompt == "my photo of {prompt}"
     assert lib.compose("a cat", "", ["Photograph"], []) == ("my photo of a cat", "mine")
-    assert sum(1 for entry in lib.list() if entry["name"] == "Photograph" and entry["kind"] == "style") == 1
+    assert sum(1 for entry in lib.entries() if entry["name"] == "Photograph" and entry["kind"] == "style") == 1
 
 
 def test_builtins_cannot_be_deleted_or_renamed(lib: PresetLibrary) -> None:
@@ -327,7 +328,7 @@ def test_deleting_a_user_override_brings_back_the_original_builtin(lib: PresetLi
     assert lib.get("style", "Photograph").prompt == "edited {prompt}"
     _finishes(lib.delete, "style", "Photograph")
     assert lib.get("style", "Photograph") == original
-    assert {"name": "Photograph", "kind": "style", "builtin": True} in lib.list()
+    assert {"name": "Photograph", "kind": "style", "builtin": True} in lib.entries()
 
 
 def test_rename_moves_a_user_preset_and_refuses_an_existing_name(tmp_path: Path) -> None:
@@ -617,8 +618,8 @@ def test_readers_that_find_the_file_damaged_at_once_all_get_the_builtins(tmp_pat
     for trial in range(10):
         folder = tmp_path / str(trial)
         folder.mkdir()
+        libraries = [PresetLibrary(folder) for _ in range(6)]  # each reads the (absent) file as it is made
         (folder / "presets.json").write_bytes(damage)
-        libraries = [PresetLibrary(folder) for _ in range(6)]
         start = threading.Barrier(len(libraries))
         results: list[Any] = []
 
@@ -667,11 +668,12 @@ def test_a_bundle_with_the_wrong_schema_is_rejected_and_changes_nothing(tmp_path
     ):
         with pytest.raises(PresetError):
             lib.import_bundle(bundle)
-    # a bad name part-way through refuses the whole bundle, not half of it
-    with pytest.raises(PresetError):
-        lib.import_bundle({"schema": SCHEMA, "version": 1, "styles": [{"name": "Good"}, {"name": "bad/one"}]})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert [s.name for s in _user_styles(lib)] == ["A", "B"]
+    # a bad name part-way through refuses that entry only, and says why (security issue, finding 4)
+    report = lib.import_bundle({"schema": SCHEMA, "version": 1, "styles": [{"name": "Good"}, {"name": "bad/one"}]})
+    assert report.added == 1 and len(report.refused) == 1 and "bad/one" in report.refused[0]
+    assert [s.name for s in _user_styles(lib)] == ["A", "B", "Good"]
 
 
 # -- A1111 styles.csv -------------------------------------------------------------------------
@@ -695,8 +697,8 @@ A1111_ROWS = [
 
 
 def test_import_an_a1111_styles_csv(lib: PresetLibrary) -> None:
-    counts = lib.import_styles_csv(A1111_CSV)
-    assert counts == {"added": 5, "replaced": 0, "skipped": 0}
+    report = lib.import_styles_csv(A1111_CSV)
+    assert report == ImportReport(added=5)
     assert _user_styles(lib) == A1111_ROWS
     assert not any(s.name.startswith("#") or s.name.startswith("\ufeff") for s in lib.styles())
     # the imported styles work the A1111 way
@@ -706,23 +708,23 @@ def test_import_an_a1111_styles_csv(lib: PresetLibrary) -> None:
 
 def test_import_an_a1111_csv_without_bom_and_with_crlf(lib: PresetLibrary) -> None:
     text = A1111_CSV.lstrip("\ufeff").replace("\n", "\r\n").replace("comma\r\nand", "comma\nand")
-    assert lib.import_styles_csv(text)["added"] == 5
+    assert lib.import_styles_csv(text).added == 5
     assert _user_styles(lib) == A1111_ROWS
 
 
 def test_importing_the_csv_twice_skips_or_replaces(lib: PresetLibrary) -> None:
     lib.import_styles_csv(A1111_CSV)
-    assert lib.import_styles_csv(A1111_CSV) == {"added": 0, "replaced": 0, "skipped": 5}
+    assert lib.import_styles_csv(A1111_CSV) == ImportReport(skipped=5)
     assert _user_styles(lib) == A1111_ROWS
     changed = A1111_CSV.replace("harsh light", "flat light")
-    assert lib.import_styles_csv(changed, overwrite=True) == {"added": 0, "replaced": 5, "skipped": 0}
+    assert lib.import_styles_csv(changed, overwrite=True) == ImportReport(replaced=5)
     assert lib.get("style", "Dreamy").negative_prompt == "flat light"
     assert len(_user_styles(lib)) == 5
 
 
 def test_a_csv_with_a_repeated_name_gives_one_style(lib: PresetLibrary) -> None:
-    counts = lib.import_styles_csv("name,prompt,negative_prompt\nTwice,first {prompt},\nTwice,second {prompt},\n")
-    assert sum(counts.values()) == 2
+    report = lib.import_styles_csv("name,prompt,negative_prompt\nTwice,first {prompt},\nTwice,second {prompt},\n")
+    assert report.added + report.skipped == 2 and report.refused == []
     assert [s.name for s in _user_styles(lib)] == ["Twice"]
 
 
@@ -740,7 +742,7 @@ def test_export_styles_csv_reads_back_every_style(lib: PresetLibrary) -> None:
     assert sum(s.builtin for s in styles) >= 12
     # and what we export, we (and A1111's reader) can import again
     other = PresetLibrary(lib.path.parent / "other")
-    assert other.import_styles_csv(text)["added"] == len(styles)
+    assert other.import_styles_csv(text).added == len(styles)
     assert [(s.name, s.prompt, s.negative_prompt) for s in other.styles()] == [
         (s.name, s.prompt, s.negative_prompt) for s in styles
     ]
@@ -779,7 +781,7 @@ def test_a_bundle_reproduces_the_user_presets_in_a_fresh_folder(tmp_path: Path) 
     assert bundle["schema"] == SCHEMA and bundle["version"] == VERSION
 
     target = PresetLibrary(tmp_path / "b")
-    assert target.import_bundle(bundle) == {"added": 4, "replaced": 0, "skipped": 0}
+    assert target.import_bundle(bundle) == ImportReport(added=4)
     restarted = PresetLibrary(tmp_path / "b")
     assert _user_styles(restarted) == _user_styles(source)
     assert [n for n in restarted.negatives() if not n.builtin] == [n for n in source.negatives() if not n.builtin]
@@ -796,13 +798,13 @@ def test_importing_a_bundle_keeps_existing_entries_unless_asked(tmp_path: Path) 
     target = PresetLibrary(tmp_path / "b")
     target.save("style", Style("Aquarelle ✨", "MY aquarelle {prompt}"))
     target.save("settings", SavedSettings("Only here", settings={"steps": 5}))
-    assert target.import_bundle(bundle) == {"added": 3, "replaced": 0, "skipped": 1}
+    assert target.import_bundle(bundle) == ImportReport(added=3, skipped=1)
     assert target.get("style", "Aquarelle ✨").prompt == "MY aquarelle {prompt}"
     assert target.get("settings", "Only here").settings == {"steps": 5}
     assert target.get("negative", "Pas de texte").negative_prompt == "text, watermark"
 
-    assert target.import_bundle(bundle) == {"added": 0, "replaced": 0, "skipped": 4}
-    assert target.import_bundle(bundle, overwrite=True) == {"added": 0, "replaced": 4, "skipped": 0}
+    assert target.import_bundle(bundle) == ImportReport(skipped=4)
+    assert target.import_bundle(bundle, overwrite=True) == ImportReport(replaced=4)
     assert target.get("style", "Aquarelle ✨").prompt == "aquarelle de {prompt}"
     assert target.get("settings", "Only here").settings == {"steps": 5}
     assert len(_user_styles(target)) == 2
@@ -811,5 +813,5 @@ def test_importing_a_bundle_keeps_existing_entries_unless_asked(tmp_path: Path) 
 
 def test_an_older_bundle_without_some_sections_imports(lib: PresetLibrary) -> None:
     bundle = {"schema": SCHEMA, "version": 1, "styles": [{"name": "Old", "prompt": "{prompt}", "unknown": 1}]}
-    assert lib.import_bundle(bundle) == {"added": 1, "replaced": 0, "skipped": 0}
+    assert lib.import_bundle(bundle) == ImportReport(added=1)
     assert lib.get("style", "Old") == Style("Old", "{prompt}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from presets.store import NegativePreset, PresetError, PresetLibrary, Style
+from presets.store import NegativePreset, Preset, PresetError, PresetLibrary, SavedSettings, Style
 
 KIND_LABELS = {"style": "Style", "negative": "Negative preset", "settings": "Saved settings"}
 
@@ -33,7 +33,7 @@ def rows(library: PresetLibrary, query: str = "") -> list[list[str]]:
     return found
 
 
-def _text(item: Any) -> str:
+def _text(item: Preset) -> str:
     if isinstance(item, Style):
         return f"{item.prompt} | {item.negative_prompt}"
     if isinstance(item, NegativePreset):
@@ -83,7 +83,7 @@ def build_presets_tab(library: PresetLibrary) -> PresetsTab:
         row = shown.values.tolist()[evt.index[0]] if hasattr(shown, "values") else shown[evt.index[0]]
         kind_key = {label: key for key, label in KIND_LABELS.items()}[row[1]]
         item = library.get(kind_key, row[0])
-        if kind_key == "settings":
+        if isinstance(item, SavedSettings):
             code = json.dumps(item.settings, indent=2, ensure_ascii=False)
             return [gr.Radio(value="style"), item.name, "", "", "", gr.Code(value=code, visible=True)]
         text = item.prompt if isinstance(item, Style) else ""
@@ -172,16 +172,17 @@ def _wire_exchange(
     def do_import(path: str | None, overwrite: bool, search: str) -> tuple[str, list[list[str]]]:
         if not path:
             raise gr.Error("Choose a .json or styles.csv file first.")
-        text = Path(path).read_text(encoding="utf-8-sig")
-        try:
+        try:  # a file that is not UTF-8 text is a ValueError too, reported like any other bad file
+            text = Path(path).read_text(encoding="utf-8-sig")
             if path.lower().endswith(".csv"):
-                counts = library.import_styles_csv(text, overwrite)
+                outcome = library.import_styles_csv(text, overwrite)
             else:
-                counts = library.import_bundle(json.loads(text), overwrite)
+                outcome = library.import_bundle(json.loads(text), overwrite)
         except (PresetError, ValueError) as exc:
             raise gr.Error(f"Could not import {Path(path).name}: {exc}") from exc
-        summary = ", ".join(f"{count} {what}" for what, count in counts.items())
-        return f"Imported {Path(path).name}: {summary}.", rows(library, search)
+        if outcome.refused:
+            gr.Warning(f"{len(outcome.refused)} preset(s) in {Path(path).name} were refused; the list is below.")
+        return f"Imported {Path(path).name}: {outcome.summary()}.", rows(library, search)
 
     return button.click(do_import, [upload, replace, query], [report, table])
 

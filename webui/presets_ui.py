@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from gradio.blocks import Block
 
 from presets.store import PresetError, PresetExists, PresetLibrary, SavedSettings
 
@@ -196,7 +197,8 @@ def wire_saved_settings(
         return fill_fields(restorable, preset.settings)
 
     controls.load.click(load, controls.saved, list(restorable.values()))
-    inputs = {controls.name, model_picker, controls.styles, controls.negatives, *fields.values()}
+    # a set of inputs hands ``save`` one dict of every value; typed as Gradio's parameter (a set of Blocks)
+    inputs: set[Block] = {controls.name, model_picker, controls.styles, controls.negatives, *fields.values()}
 
     def save(data: dict[Any, Any], overwrite: bool) -> list[Any]:
         values = {name: data[widget] for name, widget in fields.items()}
@@ -227,7 +229,7 @@ def register_preset_api(library: PresetLibrary) -> None:
 
     def list_presets() -> list[dict[str, Any]]:
         """Every preset: name, kind (style, negative, settings) and whether it is built in."""
-        return library.list()
+        return library.entries()
 
     def save_preset(
         name: str, prompt: str = "", negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
