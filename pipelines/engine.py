@@ -94,6 +94,10 @@ class Engine:
         # and scripts all wait here, so they are served in the order they asked: one fair queue.
         self._waiting: list[Job] = []
         self._waiting_lock = threading.Lock()
+        # The device thread's first work: diffusers and transformers imported on one thread, before
+        # any load can start (their lazy modules break when two threads resolve them at once). The
+        # page answers meanwhile; a request that comes early waits here behind it.
+        self._libraries = self._device_thread.submit(loading.import_libraries)
         if warning := self.settings.offload_warning():
             log.warning(warning)
 
@@ -153,8 +157,9 @@ class Engine:
         model sets up kernels and memory pools: seconds on a CPU)."""
         self.count_tokens("")
         model = self.load()
-        side = max(64, min(model.native_size, 256) // 64 * 64)
-        self.generate(Txt2Img(prompt="", steps=1, width=side, height=side, model=model.name))
+        if "txt2img" in model.modes:  # an inpainting checkpoint has no text-to-image view to run
+            side = max(64, min(model.native_size, 256) // 64 * 64)  # warm, not slow, for big models on a CPU
+            self.generate(Txt2Img(prompt="", steps=1, width=side, height=side, model=model.name))
         log.info("model %s is loaded and warm", model.name)
 
     def _load_now(self, name: str) -> LoadedModel:
@@ -164,6 +169,21 @@ class Engine:
     @property
     def busy(self) -> bool:
         return self._device_lock.locked()
+
+    @property
+    def loading_model(self) -> str:
+        """The model being loaded right now ("" when none), for pages that tell a waiting user why.
+        At start the libraries it needs are still being imported: that is part of its load."""
+        return self.manager.loading or ("" if self._libraries.done() else self.default_model)
+
+    def close(self) -> None:
+        """Stop the running job, drop the waiting ones and wait until the device thread has ended,
+        so that nothing of this engine is still loading when its owner moves on."""
+        with self._waiting_lock:
+            for job in self._waiting:
+                job.interrupt()
+        self.interrupt()
+        self._device_thread.shutdown(wait=True, cancel_futures=True)
 
     # -- generation ------------------------------------------------------------------------
     def generate(

@@ -29,7 +29,13 @@ CONFIGS_DIR = Path(__file__).parent / "configs"
 _CLIP_VOCAB = Path(__file__).parent / "assets" / "clip_bpe_simple_vocab_16e6.txt.gz"
 DEMO_FOLDER = Path(__file__).parent / "assets" / "demo-model"  # the trained built-in model
 DEMO_SEED = 20241125
-_GLOBAL_RNG = threading.Lock()  # guards torch's process-wide generator while the demo is built
+# diffusers and transformers change process-wide state while they build a model: accelerate's
+# init_empty_weights patches nn.Module.register_parameter (a module built meanwhile on any thread gets
+# empty "meta" weights, and two overlapping patches leave it patched for good), their no-init helpers
+# patch torch.nn.init, the default dtype is switched, and module init draws from torch's one global
+# generator. Their lazy modules are not safe to resolve from two threads either. So every import of
+# them and every model build in this process takes turns here: the lock is as wide as the state.
+_LIBRARIES = threading.RLock()
 # (done_bytes, total_bytes, what) while a model downloads.
 DownloadProgress = Callable[[int, int, str], None]
 
@@ -39,8 +45,7 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
 
     SD 1.x and SDXL pad with ``<|endoftext|>``; SD 2.x (OpenCLIP) pads with ``!``.
     """
-    # The submodule, not the lazy top-level name: the page asks for this from several threads at
-    # once, and transformers' lazy module is not safe to resolve concurrently.
+    import_libraries()
     from transformers.models.clip.tokenization_clip import CLIPTokenizer
 
     lines = gzip.decompress(_CLIP_VOCAB.read_bytes()).decode("utf-8").split("\n")
@@ -50,6 +55,63 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(tokens)}
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
+
+
+def import_libraries() -> None:
+    """Import what loading and generating use from diffusers and transformers, on this thread and
+    under the library lock, so no two threads ever resolve their lazy modules at once. The engine
+    runs it first thing on its device thread; later calls return at once."""
+    with _LIBRARIES:
+        import diffusers
+        import transformers
+
+        from .samplers import SAMPLERS
+
+        _route_library_logs(diffusers, transformers)
+
+        # transformers first: diffusers' loaders import PreTrainedModel from it.
+        for name in ("PreTrainedModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer"):
+            getattr(transformers, name)
+        schedulers = [sampler.scheduler_class for sampler in SAMPLERS]
+        for name in (*_PIPELINE_CLASSES, "UNet2DConditionModel", "AutoencoderKL", "DDPMScheduler", *schedulers):
+            getattr(diffusers, name)
+        import diffusers.loaders.peft  # from_pretrained reaches it lazily
+
+
+def _route_library_logs(*libraries: Any) -> None:
+    """diffusers' and transformers' messages go through ``logging`` (the app's format and levels)
+    instead of their own stderr handlers, without progress bars for loads: a 20 MB local load's bar
+    is noise (downloads report their own progress). Their notes that an optional backend such as
+    torchvision is missing concern image processors, which only the safety checkers Atelier leaves
+    out would use: those are for debugging."""
+    for library in libraries:
+        library.utils.logging.disable_default_handler()
+        library.utils.logging.enable_propagation()
+        library.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+
+
+_PIPELINE_CLASSES = (
+    "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting",
+    "StableDiffusionPipeline", "StableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline",
+)  # fmt: skip
+
+
+def check_complete(pipe: Any, name: str) -> Any:
+    """``pipe`` if every weight it holds has data, else ``ModelUnavailable`` naming the empty ones:
+    a model with "meta" weights would only fail later, at generate or save time, with a riddle."""
+    empty = [
+        f"{component}.{weight}"
+        for component, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module)
+        for weight, tensor in (*module.named_parameters(), *module.named_buffers())
+        if tensor.is_meta
+    ]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ModelUnavailable(name, f"it loaded incompletely: {len(empty)} weights have no data ({shown})")
+    return pipe
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -73,7 +135,8 @@ def build_untrained_demo(dtype: torch.dtype = torch.float32) -> Any:
 
     # Module init draws from torch's one global generator: two builds at once (a server warming up
     # beside a script) would interleave their draws and make different weights. Take turns.
-    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+    import_libraries()
+    with _LIBRARIES, torch.random.fork_rng(devices=[]):
         pipe = untrained(DEMO_SEED)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
@@ -121,6 +184,7 @@ def native_size(entry: Any) -> int:
 
 def load_folder(path: Path, dtype: torch.dtype) -> Any:
     """A diffusers-format folder (``model_index.json`` at its top), safetensors weights only."""
+    import_libraries()
     from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
     if not (path / "model_index.json").is_file():
@@ -134,11 +198,13 @@ def load_folder(path: Path, dtype: torch.dtype) -> Any:
         raise ModelUnavailable(path.name, f"its model_index.json cannot be read ({exc})") from exc
     auto = AutoPipelineForInpainting if "Inpaint" in index.get("_class_name", "") else AutoPipelineForText2Image
     try:
-        return auto.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, local_files_only=True, **_without_safety_checker(index)
-        )
+        with _LIBRARIES:
+            pipe = auto.from_pretrained(
+                path, dtype=dtype, use_safetensors=True, local_files_only=True, **_without_safety_checker(index)
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelUnavailable(path.name, f"loading the folder failed: {exc}") from exc
+    return check_complete(pipe, path.name)
 
 
 def _without_safety_checker(index: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +215,7 @@ def _without_safety_checker(index: dict[str, Any]) -> dict[str, Any]:
 
 def load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, Family]:
     """An A1111-style single ``.safetensors`` checkpoint, with the config shipped for its family."""
+    import_libraries()
     import diffusers
 
     refuse_pickle(path)
@@ -169,18 +236,19 @@ def load_single_file(path: Path, dtype: torch.dtype) -> tuple[Any, Family]:
         _write_family_config(family, pipeline_class.__name__, Path(config))
         index = json.loads((Path(config) / "model_index.json").read_text())
         try:
-            pipe = pipeline_class.from_single_file(
-                str(path),
-                config=config,
-                local_files_only=True,
-                dtype=dtype,
-                disable_mmap=True,  # weights in RAM: no open file handle, aligned tensors
-                **tokenizers,
-                **_without_safety_checker(index),
-            )
+            with _LIBRARIES:
+                pipe = pipeline_class.from_single_file(
+                    str(path),
+                    config=config,
+                    local_files_only=True,
+                    dtype=dtype,
+                    disable_mmap=True,  # weights in RAM: no open file handle, aligned tensors
+                    **tokenizers,
+                    **_without_safety_checker(index),
+                )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelUnavailable(path.name, f"the {family.label} checkpoint could not be read: {exc}") from exc
-    return pipe, family
+    return check_complete(pipe, path.name), family
 
 
 def _write_family_config(family: Family, class_name: str, target: Path) -> None:
@@ -204,18 +272,21 @@ def load_hub(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None
     dtype needs) with progress reported; an unreachable hub or ``HF_HUB_OFFLINE`` raises
     ``ModelUnavailable`` at once instead of hanging.
     """
+    folder = fetch_hub(repo_id, dtype, progress)  # outside the library lock: a download may take an hour
+    import_libraries()
     from diffusers import AutoPipelineForText2Image
 
-    folder = fetch_hub(repo_id, dtype, progress)
     variant = "fp16" if dtype == torch.float16 and list(Path(folder).glob("unet/*.fp16.safetensors")) else None
     try:
         index = json.loads((Path(folder) / "model_index.json").read_text())
-        return AutoPipelineForText2Image.from_pretrained(
-            folder, dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True,
-            **_without_safety_checker(index),
-        )  # fmt: skip
+        with _LIBRARIES:
+            pipe = AutoPipelineForText2Image.from_pretrained(
+                folder, dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True,
+                **_without_safety_checker(index),
+            )  # fmt: skip
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(repo_id, f"the downloaded files could not be loaded: {exc}") from exc
+    return check_complete(pipe, repo_id)
 
 
 def fetch_hub(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None = None) -> str:

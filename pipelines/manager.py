@@ -76,6 +76,7 @@ class PipelineManager:
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.RLock()  # loads and evictions never race each other
         self._hashes: dict[tuple[str, int, int], str] = {}  # hashing a 7 GB file once per session is enough
+        self.loading = ""  # the model being loaded now, so a page can say why a job waits
 
     # -- loading ---------------------------------------------------------------------------
     def fetch(self, name: str, progress: loading.DownloadProgress | None = None) -> None:
@@ -99,7 +100,11 @@ class PipelineManager:
                 self._models.move_to_end(name)
             else:
                 started = time.perf_counter()
-                model = self._load(catalog.resolve(name, self.settings.models_dir), progress)
+                self.loading = name
+                try:
+                    model = self._load(catalog.resolve(name, self.settings.models_dir), progress)
+                finally:
+                    self.loading = ""
                 stats = self.stats.setdefault(name, ModelStats())  # only names that loaded get a row
                 stats.misses += 1
                 stats.load_seconds += time.perf_counter() - started

@@ -193,8 +193,7 @@ def _stream(
                 update[widgets.results] = [*_finished_images(job), *([job.preview] if job.preview else [])]
             yield update
         elif job.state == "queued":  # after its last step a job says nothing new until it returns
-            loading = engine.current_job is job
-            yield {widgets.status: "Loading the model…" if loading else _waiting_text(engine.queue_position(job))}
+            yield {widgets.status: _waiting_text(engine, job)}
     error = outcome.get("error")
     if isinstance(error, Interrupted):
         kept = _finished_images(job)
@@ -209,7 +208,10 @@ def _stream(
     yield _finished(outcome["result"], widgets, time.perf_counter() - started)
 
 
-def _waiting_text(ahead: int) -> str:
+def _waiting_text(engine: Engine, job: Job) -> str:
+    ahead = engine.queue_position(job)
+    if ahead <= 0 and engine.loading_model:  # this job's model, or the one the start-up or a switch loads
+        return f"Loading the model {engine.loading_model}…"
     if ahead <= 0:
         return "Waiting for the GPU…"
     return f"Waiting for the GPU: {ahead} job{'s' if ahead > 1 else ''} ahead of yours."

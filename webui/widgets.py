@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -13,6 +14,7 @@ from presets.store import PresetLibrary
 
 from .presets_ui import PresetControls, build_preset_controls, wire_style_controls
 
+ICONS = Path(__file__).parent / "icons"
 TOKEN_WINDOW = 75  # CLIP's 77 positions minus the start and end markers
 
 
@@ -117,8 +119,15 @@ def build_generation_widgets(
                     fields["seed"] = gr.Number(
                         -1, label="Seed (-1: random)", precision=0, scale=4, minimum=-1, elem_id=f"{mode}-seed"
                     )
-                    dice = gr.Button("🎲", scale=0, min_width=48, elem_classes=["tool-button"])
-                    recycle = gr.Button("♻️", scale=0, min_width=48, elem_classes=["tool-button"])
+                    # Icons, not emoji: a browser without an emoji font showed an empty box.
+                    dice = gr.Button(
+                        "", icon=ICONS / "dice.svg", scale=0, min_width=48, elem_classes=["tool-button"],
+                        elem_id=f"{mode}-random-seed",
+                    )  # fmt: skip
+                    recycle = gr.Button(
+                        "", icon=ICONS / "reuse-seed.svg", scale=0, min_width=48, elem_classes=["tool-button"],
+                        elem_id=f"{mode}-reuse-seed",
+                    )  # fmt: skip
                 fields["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
         with gr.Column(scale=6):
             with gr.Row():
