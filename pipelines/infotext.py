@@ -8,6 +8,7 @@ parameters" and PNG Info's "send to". Reading never raises: artists paste all so
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -16,11 +17,20 @@ from typing import Any
 from . import samplers
 from .requests import MASKED_CONTENT, Img2Img, Inpaint, Txt2Img
 
+log = logging.getLogger(__name__)
+
 VERSION = "atelier-0.1.0"
 
-# One "key: value" pair of the parameters line, as A1111 reads it: the value is either JSON-quoted
-# (and may then hold commas, colons and escaped newlines) or runs to the next comma.
-_PAIR = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# The most text (characters) parse_infotext reads. A1111's prompts are a few KB and its parameters
+# line a few hundred characters (a few KB with extensions' keys); 64 KiB leaves ten times that. The
+# text is anyone's (PIL reads 1 MB chunks, the REST API takes any image), so the bound keeps what
+# one image can cost small: parse time, and the size of what PNG Info sends back.
+MAX_TEXT = 64 * 1024
+
+# Pieces of one "key: value" pair of the parameters line. Each matches one run of one character
+# class, so a match never backtracks; parameter_pairs strings them together in a single pass.
+_SPACES = re.compile(r"\s*")
+_KEY = re.compile(r"\w[\w \-/]*")
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 _NEGATIVE = "Negative prompt:"
 
@@ -93,16 +103,42 @@ def parse_infotext(text: str) -> dict[str, Any]:
     "Negative prompt:" is the negative prompt; ``WxH`` values are split into ``<key>-1``/``<key>-2``
     (``Size-1`` is the width). Unlike A1111, prompt lines are not stripped, so Atelier's own
     infotexts give back their prompts exactly. A JSON object (Fooocus) gives only its prompts.
+    A text longer than ``MAX_TEXT`` gives only its lines within the bound, as prompts, and a
+    ``notes`` entry saying what was not read.
     """
-    result: dict[str, Any] = {"prompt": "", "negative_prompt": ""}
     text = text.replace("\r\n", "\n").rstrip() if isinstance(text, str) else ""
+    if len(text) > MAX_TEXT:
+        return _cut_short(text)
     if text.startswith("{") and (data := _json_object(text)) is not None:
-        return result | {key: data[key] for key in result if isinstance(data.get(key), str)}
+        return _prompts([]) | {
+            key: data[key] for key in ("prompt", "negative_prompt") if isinstance(data.get(key), str)
+        }
     *lines, last = text.split("\n")
-    pairs = _PAIR.findall(last)
+    pairs = parameter_pairs(last)
     if len(pairs) < 3:
         lines.append(last)
         pairs = []
+    return _prompts(lines) | _parameters(pairs)
+
+
+def _cut_short(text: str) -> dict[str, Any]:
+    """What a text over the bound gives: its whole lines within the bound, read as prompt lines.
+
+    The parameters line is the last one, past the bound; a line the bound cuts is left out rather
+    than read as a shorter prompt that the image never had.
+    """
+    head = text[: MAX_TEXT + 1]
+    lines = head[: head.rfind("\n")].split("\n") if "\n" in head else []
+    log.warning("an infotext of %d characters was cut to its lines within the first %d", len(text), MAX_TEXT)
+    notes = (
+        f"This parameters text is {len(text):,} characters long, more than the {MAX_TEXT:,} read: "
+        f"its generation parameters (the last line) and any line past character {MAX_TEXT:,} were not read."
+    )
+    return _prompts(lines) | {"notes": notes}
+
+
+def _prompts(lines: list[str]) -> dict[str, str]:
+    """Prompt and negative prompt of the lines before the parameters line."""
     prompt: list[str] = []
     negative: list[str] | None = None
     for line in lines:
@@ -113,15 +149,76 @@ def parse_infotext(text: str) -> dict[str, Any]:
             negative.append(line)
         else:
             prompt.append(line)
-    result.update(prompt="\n".join(prompt), negative_prompt="\n".join(negative or []))
+    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative or [])}
+
+
+def _parameters(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Values under their keys, unquoted, ``WxH`` split in two."""
+    params: dict[str, str] = {}
     for key, raw in pairs:
         value = _unquote(raw.strip())
         size = _SIZE.match(value)
         if size:
-            result[f"{key}-1"], result[f"{key}-2"] = size.groups()
+            params[f"{key}-1"], params[f"{key}-2"] = size.groups()
         else:
-            result[key] = value
-    return result
+            params[key] = value
+    return params
+
+
+def parameter_pairs(line: str) -> list[tuple[str, str]]:
+    """The ``key: value`` pairs of a parameters line, in order, each value as written (quotes kept).
+
+    A key is a word character, then word characters, spaces, dashes and slashes; a value is either a
+    JSON-quoted string followed by a comma or the line's end, or the text up to the next comma. Text
+    that fits neither is skipped. This reads a line as A1111's pattern does, but in one pass: the
+    pattern, tried again at every character, rescanned the rest of a line holding no pair, so a 1 MB
+    line took hours with the GIL held.
+    """
+    pairs: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(line):
+        pair, pos = _pair_from(line, pos)
+        if pair is not None:
+            pairs.append(pair)
+    return pairs
+
+
+def _pair_from(line: str, start: int) -> tuple[tuple[str, str] | None, int]:
+    """The pair that begins at ``start`` (after blanks) and where the next one may begin; or None
+    and the first place worth trying next (always past ``start``)."""
+    key_start = _after_spaces(line, start)
+    key = _KEY.match(line, key_start)
+    if key is None:
+        return None, key_start + 1
+    if not line.startswith(":", key.end()):
+        # Every start up to here reaches the same key run and the same missing colon.
+        return None, key.end()
+    value_start = _after_spaces(line, key.end() + 1)
+    closing = _closing_quote(line, value_start)
+    if closing != -1 and (closing + 1 == len(line) or line[closing + 1] == ","):
+        return (key.group(), line[value_start : closing + 1]), closing + 2
+    comma = line.find(",", value_start)
+    value_end = len(line) if comma == -1 else comma
+    return (key.group(), line[value_start:value_end]), value_end + 1
+
+
+def _after_spaces(line: str, pos: int) -> int:
+    spaces = _SPACES.match(line, pos)
+    return spaces.end() if spaces else pos
+
+
+def _closing_quote(line: str, start: int) -> int:
+    """Index of the quote closing a JSON-style string that opens at ``start``; -1 if none opens or
+    it never closes. A quote is escaped when an odd run of backslashes stands right before it."""
+    if not line.startswith('"', start):
+        return -1
+    pos = start + 1
+    while (quote := line.find('"', pos)) != -1:
+        before = line[pos:quote]
+        if (len(before) - len(before.rstrip("\\"))) % 2 == 0:
+            return quote
+        pos = quote + 1
+    return -1
 
 
 def _unquote(value: str) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipelines.infotext import infotext, parse_infotext, request_fields
+from pipelines.infotext import MAX_TEXT, infotext, parameter_pairs, parse_infotext, request_fields
 from pipelines.outputs import read_metadata
 from pipelines.requests import Img2Img, Inpaint, Txt2Img
 
@@ -45,7 +48,7 @@ def _without_model(request: Txt2Img) -> dict[str, Any]:
 
 # What the form holds before "reuse parameters": every value the infotext carries is different,
 # so a field the reader forgets (or does not reset to A1111's default) shows up as a mismatch.
-DIRTY = {
+DIRTY: dict[str, Any] = {
     "prompt": "old",
     "negative_prompt": "old",
     "sampler_name": "LMS",
@@ -289,3 +292,57 @@ def test_random_text_never_raises() -> None:
     for _ in range(500):
         parsed = parse_infotext("".join(rng.choices(alphabet, k=rng.randint(0, 40))))
         assert isinstance(parsed["prompt"], str) and isinstance(request_fields(parsed), dict)
+
+
+# The pair pattern this parser used to run (A1111's, one-letter keys allowed): the reference for what a
+# parameters line holds. It backtracks (quadratic on long lines), so it only ever reads short ones here.
+A1111_PAIR = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+LINE_PIECES = st.sampled_from([*'aZ9_é猫 -/:,"\\\t\r', "\u00a0", "Steps", ": ", ", ", '\\"', '"a, b"'])
+
+
+@settings(max_examples=600, deadline=None)
+@given(line=st.lists(LINE_PIECES, max_size=40).map("".join))
+def test_the_scanner_reads_a_line_as_a1111s_pattern_does(line: str) -> None:
+    assert parameter_pairs(line) == A1111_PAIR.findall(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(line=st.text(max_size=80))
+def test_the_scanner_reads_any_text_as_a1111s_pattern_does(line: str) -> None:
+    line = line.replace("\n", " ")  # the parameters line is one line
+    assert parameter_pairs(line) == A1111_PAIR.findall(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=300) | st.lists(LINE_PIECES | st.just("\n"), max_size=60).map("".join))
+def test_any_text_parses_without_raising(text: str) -> None:
+    parsed = parse_infotext(text)
+    assert isinstance(parsed["prompt"], str) and isinstance(parsed["negative_prompt"], str)
+    assert all(isinstance(value, str) for value in parsed.values())
+    assert isinstance(request_fields(parsed), dict)
+
+
+def test_text_past_the_bound_is_not_read_and_the_result_says_so() -> None:
+    prompt = "a long prompt, " * (MAX_TEXT // 20)
+    text = f"{prompt}\nNegative prompt: blurry\n{'more, ' * (MAX_TEXT // 5)}\nSteps: 20, Seed: 1, Size: 64x64"
+    parsed = parse_infotext(text)
+    assert (parsed["prompt"], parsed["negative_prompt"]) == (prompt, "blurry")  # whole lines within the bound
+    assert f"{len(text):,} characters" in parsed["notes"] and "not read" in parsed["notes"]
+    assert request_fields(parsed) == {"prompt": prompt, "negative_prompt": "blurry"}
+    exactly = "x\n" + "y" * (MAX_TEXT - 2)
+    assert "notes" not in parse_infotext(exactly) and parse_infotext(exactly)["prompt"] == exactly
+    assert "notes" in parse_infotext(exactly + "z")
+
+
+@pytest.mark.parametrize("atelier", ["[1, 2]", '"text"', "{}", "{damaged"])
+def test_send_to_falls_back_to_the_infotext_when_ateliers_chunk_holds_no_fields(tmp_path: Path, atelier: str) -> None:
+    from PIL import Image, PngImagePlugin
+
+    from webui.pnginfo_tab import fields_from_image
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 7, Seed: 3, Size: 64x96")
+    info.add_text("atelier", atelier)
+    Image.new("RGB", (8, 8)).save(tmp_path / "odd.png", pnginfo=info)
+    fields = fields_from_image(str(tmp_path / "odd.png"))
+    assert (fields["prompt"], fields["steps"], fields["seed"], fields["height"]) == ("a cat", 7, 3, 96)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -19,13 +20,36 @@ from .widgets import GenerationWidgets, grid_size
 def fields_from_image(path: str | None) -> dict[str, Any]:
     """Request fields stored in an image: Atelier's own JSON when present (lossless), else the
     A1111 infotext parsed. Empty when the image carries neither."""
+    return _read_fields(path)[0]
+
+
+def _read_fields(path: str | None) -> tuple[dict[str, Any], str]:
+    """The image's request fields, and the parser's notes on what it could not read ("" if none)."""
     if not path:
-        return {}
-    metadata = read_metadata(path)
-    if metadata.get("atelier"):
-        return dict(metadata["atelier"])
+        return {}, ""
+    metadata = read_metadata(Path(path))  # Gradio hands over file paths as text
+    ours = metadata.get("atelier")
+    if isinstance(ours, dict) and ours:  # any JSON may sit in the chunk; only an object holds fields
+        return dict(ours), ""
     text = metadata.get("parameters", "")
-    return infotext.request_fields(infotext.parse_infotext(text)) if text else {}
+    if not text:
+        return {}, ""
+    parsed = infotext.parse_infotext(text)
+    return infotext.request_fields(parsed), str(parsed.get("notes", ""))
+
+
+def parameters_text(path: str) -> str:
+    """The image's parameters text as the tab shows it: the part the parser reads, and a line saying
+    what was left out, so a huge chunk neither floods the browser nor looks complete when it is not."""
+    metadata = read_metadata(Path(path))
+    text = metadata.get("parameters")
+    if isinstance(text, str) and text:
+        if len(text) <= infotext.MAX_TEXT:
+            return text
+        return f"{text[: infotext.MAX_TEXT]}\n\n[{len(text) - infotext.MAX_TEXT:,} more characters not shown or read]"
+    if "parameters" in metadata.get("unreadable", ()):
+        return "This image's generation parameters are too long or damaged to read."
+    return "No generation parameters found in this image."
 
 
 def text_chunks(path: str) -> str:
@@ -51,10 +75,7 @@ def build_png_info_tab(tabs: gr.Tabs, targets: list[GenerationWidgets]) -> None:
                 chunks = gr.Code(language="json", interactive=False)
 
     def read(path: str | None) -> tuple[str, str]:
-        if not path:
-            return "", ""
-        text = read_metadata(path).get("parameters") or "No generation parameters found in this image."
-        return text, text_chunks(path)
+        return (parameters_text(path), text_chunks(path)) if path else ("", "")
 
     image.change(read, image, [parameters, chunks])
     for widgets in targets:
@@ -72,7 +93,9 @@ def wire_send(image: gr.Image, button: gr.Button, target: GenerationWidgets, tab
     def send(path: str | None) -> list[Any]:
         if not path:
             raise gr.Error("Drop an image first.")
-        values = fields_from_image(path)
+        values, notes = _read_fields(path)
+        if notes:
+            gr.Warning(notes)
         if not values and not with_picture:
             raise gr.Error("This image carries no generation parameters.")
         if with_picture:
