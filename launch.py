@@ -11,7 +11,11 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from webui.guard import LoginBrake
 
 log = logging.getLogger("atelier")
 
@@ -27,6 +31,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     web.add_argument("--auth", action="append", default=[], metavar="USER:PASS", help="require a login (repeatable)")
     web.add_argument("--auth-file", type=Path, help="file with one USER:PASS per line")
     web.add_argument("--api", action="store_true", help="serve the A1111-compatible REST API under /sdapi/v1")
+    web.add_argument(
+        "--allowed-hosts",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help="extra host names the server answers to (a reverse proxy's name, a DNS alias); localhost, and with"
+        " --listen this machine's names and any IP address, always work; '*' turns the check off (repeatable)",
+    )
+    web.add_argument(
+        "--cors-allow-origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN[,ORIGIN]",
+        help="web sites (like https://www.photopea.com) whose pages may call this server from the browser;"
+        " pages elsewhere are refused (repeatable)",
+    )
     web.add_argument("--queue-size", type=int, default=64, help="jobs that may wait for the GPU at once")
     folders = parser.add_argument_group("folders")
     folders.add_argument("--models-dir", type=Path, default=Path("models"), help="checkpoints and diffusers folders")
@@ -80,25 +100,26 @@ def build_engine(args: argparse.Namespace) -> Any:
 def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
     """Build everything and start the server; returns the Gradio app (for tests and benches)."""
     from PIL import Image
+    from starlette.middleware import Middleware
 
     import webui
     from presets.store import PresetLibrary
     from webui.app import CSS
+    from webui.guard import HttpGuard, build_policy, split_list
     from webui.state import SettingsStore
 
     # Uploads are decoded by PIL: refuse decompression bombs well below PIL's own 89-megapixel limit.
     Image.MAX_IMAGE_PIXELS = 4096 * 4096 * 2
     auth = credentials(args)
-    if (args.share or args.listen) and not auth:
-        log.warning("!" * 72)
-        log.warning("--share/--listen without --auth: ANYONE who can reach this server can use it and see your images")
-        log.warning("!" * 72)
+    policy = build_policy(
+        args.listen, split_list(args.allowed_hosts), split_list(args.cors_allow_origins), login_required=bool(auth)
+    )
     engine = build_engine(args)
     library = PresetLibrary(args.data_dir)
     if library.problem:
         log.error(library.problem)
     app = webui.build_app(engine, SettingsStore(args.data_dir), library)
-    routes = _api_routes(args, engine, library, auth) if args.api else []
+    routes = _api_routes(args, engine, library, auth, policy.brake) if args.api else []
     # No cap on Gradio's own queue: it also holds the small events every page sends as it opens,
     # and a cap there turned people away with "busy" while no job waited. The engine caps jobs.
     app.queue(max_size=None, default_concurrency_limit=4)
@@ -112,8 +133,16 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
         prevent_thread_lock=True,
         css=CSS,
         quiet=True,
-        app_kwargs={"routes": routes},  # in place before the server answers: no 404s right after start
+        app_kwargs={
+            "routes": routes,  # in place before the server answers: no 404s right after start
+            "middleware": [Middleware(HttpGuard, policy=policy)],
+            "openapi_url": None,  # the REST API serves its own schema, behind --auth (FastAPI's is open)
+        },
     )
+    if app.share_url:  # the tunnel forwards the link's own Host and Origin
+        policy.allow_host(urlsplit(app.share_url).hostname or "")
+    if (args.share or args.listen) and not auth:
+        _warn_open(args, app.share_url)
     if args.api:
         log.info("REST API (AUTOMATIC1111-compatible) at %ssdapi/v1, documented at %ssdapi/docs", *[app.local_url] * 2)
     log.info("Atelier is running at %s", app.local_url)
@@ -125,7 +154,22 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
     return app
 
 
-def _api_routes(args: argparse.Namespace, engine: Any, library: Any, auth: list[tuple[str, str]]) -> list[Any]:
+def _warn_open(args: argparse.Namespace, share_url: str | None) -> None:
+    """The banner for a server others can reach without a login: what they can do, and from where."""
+    from webui.guard import network_addresses
+
+    addresses = [f"http://{address}:{args.port}" for address in network_addresses()] if args.listen else []
+    reachable = ", ".join([*addresses, *([share_url] if share_url else [])]) or f"port {args.port} of this machine"
+    log.warning("!" * 72)
+    log.warning("--share/--listen without --auth: ANYONE who can reach this server can use it and see your images")
+    log.warning("They can also delete images, edit presets and settings, and drive the API (--api, gradio_client)")
+    log.warning("Reachable at %s. Add --auth USER:PASS to require a login.", reachable)
+    log.warning("!" * 72)
+
+
+def _api_routes(
+    args: argparse.Namespace, engine: Any, library: Any, auth: list[tuple[str, str]], brake: LoginBrake
+) -> list[Any]:
     """The REST API's routes, built on a scratch FastAPI app and handed to Gradio's own at launch."""
     from fastapi import FastAPI
 
@@ -135,7 +179,7 @@ def _api_routes(args: argparse.Namespace, engine: Any, library: Any, auth: list[
     flags["auth"] = ["***"] * len(args.auth)  # never hand passwords to API clients
     scratch = FastAPI()
     known = len(scratch.router.routes)
-    mount_api(scratch, engine, library, auth, flags)
+    mount_api(scratch, engine, library, auth, flags, brake)
     return scratch.router.routes[known:]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ import launch
 
 TIMEOUT = 120  # seconds for one HTTP call: a wedged server fails the test instead of hanging the suite
 USER, PASSWORD = "u", "pa55-w0rd-secret"  # a distinctive password, so a leak is visible in any response
+OTHER, OTHER_PASSWORD = "v", "an0ther-secret"  # a second user of the same server
 PROMPT, NEGATIVE = "a lighthouse at dusk, oil on canvas", "blurry, low quality"
 
 
@@ -62,7 +64,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = _serve(tmp_path_factory.mktemp("api-auth"), "--auth", f"{USER}:{PASSWORD}")
+    running = _serve(
+        tmp_path_factory.mktemp("api-auth"), "--auth", f"{USER}:{PASSWORD}", "--auth", f"{OTHER}:{OTHER_PASSWORD}"
+    )
     yield running
     running.app.close()
 
@@ -390,7 +394,7 @@ def test_auth_is_required_and_webuiapi_set_auth_works(auth_server: Server) -> No
     api.set_auth(USER, PASSWORD)
     assert "builtin:demo" in [model["title"] for model in api.get_sd_models()]
     flags = api.get_cmd_flags()
-    assert flags["auth"] == ["***"]
+    assert flags["auth"] == ["***", "***"]  # one per --auth user
     assert PASSWORD not in httpx.get(f"{auth_server.base}/cmd-flags", auth=(USER, PASSWORD), timeout=TIMEOUT).text
 
     with_args = webuiapi.WebUIApi(host="127.0.0.1", port=auth_server.port, username=USER, password=PASSWORD)
@@ -436,7 +440,79 @@ def test_an_oversized_body_is_refused(server: Server, monkeypatch: pytest.Monkey
     monkeypatch.setattr(webui.api, "MAX_BODY_BYTES", 1000)
     body = b'{"prompt": "' + b"x" * 5000 + b'"}'
     url = f"http://127.0.0.1:{server.port}/sdapi/v1/txt2img"
-    response = httpx.post(url, content=body, timeout=30)
+    json_type = {"Content-Type": "application/json"}
+    response = httpx.post(url, content=body, headers=json_type, timeout=30)
     assert response.status_code == 413 and "larger than" in response.json()["detail"]
-    chunked = httpx.post(url, content=iter([body[:600], body[600:]]), timeout=30)  # no length header
+    chunked = httpx.post(url, content=iter([body[:600], body[600:]]), headers=json_type, timeout=30)  # no length
     assert chunked.status_code == 413
+
+
+# -- 10. per-user stop and progress (with --auth) --------------------------------------------------------
+def _progress(server: Server, auth: tuple[str, str]) -> dict[str, Any]:
+    return httpx.get(f"{server.base}/progress", auth=auth, timeout=TIMEOUT).json()
+
+
+def test_another_user_can_neither_stop_nor_watch_my_job(auth_server: Server) -> None:
+    outcome: dict[str, Any] = {}
+
+    def long_job() -> None:
+        payload = {"prompt": "a slow painting", "steps": 150, "width": 128, "height": 128, "seed": 4}
+        response = _post(auth_server, "txt2img", json=payload, auth=(USER, PASSWORD))
+        outcome["status"] = response.status_code
+
+    worker = threading.Thread(target=long_job, daemon=True)
+    worker.start()
+    deadline, mine = time.perf_counter() + 60, {}
+    while time.perf_counter() < deadline and "status" not in outcome:
+        mine = _progress(auth_server, (USER, PASSWORD))
+        if mine["progress"] > 0:
+            break
+        time.sleep(0.05)
+    assert mine.get("progress", 0) > 0, f"no progress seen: {mine} {outcome}"
+    assert mine["state"]["job"], "the owner sees its job's id"
+    theirs = _progress(auth_server, (OTHER, OTHER_PASSWORD))
+    assert theirs["progress"] > 0  # the other user sees that something runs ...
+    assert not theirs["state"].get("job") and theirs["current_image"] is None  # ... but not whose, nor its picture
+    for route in ("interrupt", "skip"):
+        assert _post(auth_server, route, auth=(OTHER, OTHER_PASSWORD)).status_code == 200
+    step = _progress(auth_server, (USER, PASSWORD))["state"]["sampling_step"]
+    time.sleep(1.0)
+    still = _progress(auth_server, (USER, PASSWORD))
+    assert "status" not in outcome, f"another user's interrupt stopped the job: {outcome}"
+    assert still["state"]["sampling_step"] > step and not still["state"]["interrupted"]
+    assert _post(auth_server, "interrupt", auth=(USER, PASSWORD)).status_code == 200  # the owner can
+    worker.join(timeout=30)
+    assert outcome.get("status") == 409
+
+
+# -- 11. hostile bodies: a 4xx with a reason, never a 500 ------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("[" * 100000, "nested"),
+        ('{"prompt": "x", "styles": [{"a": 1}]}', "styles"),
+        ('{"prompt": "x", "styles": "Photograph"}', "styles"),
+        ('{"prompt": "x", "override_settings": "x"}', "override_settings"),
+    ],
+    ids=["deep nesting", "style objects", "styles string", "override_settings string"],
+)
+def test_hostile_bodies_get_a_4xx_with_a_reason(server: Server, body: str, reason: str) -> None:
+    response = _post(server, "txt2img", content=body, headers={"Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+    assert reason in response.json()["detail"]
+    assert httpx.get(f"{server.base}/samplers", timeout=TIMEOUT).status_code == 200
+
+
+# -- 12. a request without a size gets the model's native size ---------------------------------------------
+def test_a_request_without_a_size_gets_the_models_native_size(server: Server) -> None:
+    response = _post(server, "txt2img", json={"prompt": "a green triangle", "steps": 1, "seed": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert image.size == (64, 64)  # the demo model's native size
+    info = json.loads(body["info"])
+    assert (info["width"], info["height"]) == (64, 64)
+    assert (body["parameters"]["width"], body["parameters"]["height"]) == (64, 64)
+    assert "Size: 64x64" in info["infotexts"][0]
+    one_side = _post(server, "txt2img", json={"prompt": "a green triangle", "steps": 1, "width": 128})
+    assert json.loads(one_side.json()["info"])["width"] == 128  # an explicit size is honoured

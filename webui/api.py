@@ -30,6 +30,8 @@ from pipelines.outputs import image_metadata
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
 from presets.store import PresetError, PresetLibrary
 
+from .guard import LoginBrake, client_address, too_many_failures
+
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_PIXELS = 4096 * 4096
@@ -45,10 +47,16 @@ USED = {"prompt", "negative_prompt", "styles", "seed", "sampler_name", "sampler_
 
 
 class ApiState:
-    """What the API remembers between calls: fields already reported as ignored."""
+    """What the API remembers between calls: fields already reported as ignored, and who started
+    which running REST job (with --auth, a REST user may stop and watch only its own jobs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool) -> None:
         self.ignored: set[str] = set()
+        self.shared = shared  # no --auth: one anonymous user, who may stop any job (A1111's behaviour)
+        self.owners: dict[str, str | None] = {}  # REST job id -> the user that started it
+
+    def owns(self, user: str | None, job: Job) -> bool:
+        return not self.shared or (job.id in self.owners and self.owners[job.id] == user)
 
     def note_ignored(self, payload: dict[str, Any]) -> None:
         new = sorted(set(payload) - USED - self.ignored)
@@ -106,6 +114,8 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
     """A1111 JSON -> Atelier request; styles applied the way A1111 applies them."""
     prompt, negative = str(payload.get("prompt") or ""), str(payload.get("negative_prompt") or "")
     styles = payload.get("styles") or []
+    if not isinstance(styles, list) or not all(isinstance(style, str) for style in styles):
+        raise BadRequest(f"styles must be a list of style names, got {json.dumps(styles)[:80]}")
     if styles:
         known = {s.name for s in library.styles()}
         try:
@@ -115,13 +125,16 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
         except PresetError as exc:
             raise BadRequest(str(exc)) from exc
     settings = payload.get("override_settings") or {}
+    if not isinstance(settings, dict):
+        raise BadRequest(f"override_settings must be an object of setting names and values, got {settings!r:.80}")
     fields: dict[str, Any] = {
         "prompt": prompt, "negative_prompt": negative,
         "model": str(settings.get("sd_model_checkpoint") or ""),
         "sampler_name": str(payload.get("sampler_name") or payload.get("sampler_index") or samplers.DEFAULT_SAMPLER),
         "schedule_type": str(payload.get("scheduler") or "Automatic"),
         "steps": _number(payload, "steps", int, 50), "cfg_scale": _number(payload, "cfg_scale", float, 7.0),
-        "width": _number(payload, "width", int, 512), "height": _number(payload, "height", int, 512),
+        # A size left out is 0: the engine uses the model's native size (or the init image's).
+        "width": _number(payload, "width", int, 0), "height": _number(payload, "height", int, 0),
         "seed": _number(payload, "seed", int, -1), "batch_size": _number(payload, "batch_size", int, 1),
         "batch_count": _number(payload, "n_iter", int, 1),
         "clip_skip": _number(payload, "clip_skip", int, int(settings.get("CLIP_stop_at_last_layers") or 1)),
@@ -131,13 +144,12 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
     images = payload.get("init_images") or []
     if not isinstance(images, list) or not images:
         raise BadRequest("img2img needs init_images: a list with one base64 image")
+    # A1111's 3 is "just resize (latent upscale)": the nearest Atelier has is "just resize".
+    resize = _number(payload, "resize_mode", int, 0)
     fields |= {
         "init_image": decode_image(images[0], "init_images[0]").convert("RGB"),
         "denoising_strength": _number(payload, "denoising_strength", float, 0.75),
-        # A1111's 3 is "just resize (latent upscale)": the nearest Atelier has is "just resize".
-        "resize_mode": RESIZE_MODES[mode]
-        if 0 <= (mode := _number(payload, "resize_mode", int, 0)) < 3
-        else RESIZE_MODES[0],
+        "resize_mode": RESIZE_MODES[resize if 0 <= resize < 3 else 0],
     }
     if payload.get("mask") in (None, ""):
         return Img2Img(**fields)
@@ -177,32 +189,42 @@ def response(result: Result, payload: dict[str, Any], engine: Engine) -> dict[st
     }  # fmt: skip
     send = payload.get("send_images", True)
     images = encoded_images(result) if send else []
-    if payload.get("include_init_images") and isinstance(request, Img2Img):
+    if payload.get("include_init_images") and isinstance(request, Img2Img) and request.init_image is not None:
         images += [encode_png(request.init_image, "")]
     parameters = {k: v for k, v in payload.items() if k not in ("init_images", "mask")}
+    parameters |= {"width": request.width, "height": request.height}  # the size used, when left to the model
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
 
 
 def mount_api(
-    app: FastAPI, engine: Engine, library: PresetLibrary, users: list[tuple[str, str]], flags: dict[str, Any]
+    app: FastAPI,
+    engine: Engine,
+    library: PresetLibrary,
+    users: list[tuple[str, str]],
+    flags: dict[str, Any],
+    brake: LoginBrake | None = None,
 ) -> None:
     """Add the routes to Gradio's FastAPI app (they do not pass Gradio's login: basic auth guards them)."""
-    router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(_auth_guard(users))])
-    state = ApiState()
+    guard = _auth_guard(users, brake or LoginBrake())
+    router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(guard)])
+    state = ApiState(shared=bool(users))
 
-    def generate(mode: str) -> Callable[[Request], Any]:
-        async def route(request: Request) -> Any:
+    def generate(mode: str) -> Callable[..., Any]:
+        async def route(request: Request, user: str | None = Depends(guard)) -> Any:
             payload = await _json(request)
             if isinstance(payload, JSONResponse):
                 return payload
             state.note_ignored(payload)
+            job = Job()
+            state.owners[job.id] = user
             try:
                 job_request = build_request(payload, library, mode)
-                job = Job()
                 save = bool(payload.get("save_images"))
                 result = await _unless_gone(request, job, lambda: engine.submit(job_request, job, save=save))
             except AtelierError as exc:
                 return _error_for(exc)
+            finally:
+                del state.owners[job.id]
             return response(result, payload, engine)
 
         return route
@@ -210,6 +232,7 @@ def mount_api(
     router.add_api_route("/txt2img", generate("txt2img"), methods=["POST"], summary="Text to image (A1111 fields)")
     router.add_api_route("/img2img", generate("img2img"), methods=["POST"], summary="Image to image / inpaint")
     _add_info_routes(router, engine, library, flags)
+    _add_job_routes(router, engine, state, guard)
     app.include_router(router)
 
     def docs() -> Any:
@@ -217,7 +240,10 @@ def mount_api(
 
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Atelier REST API")
 
-    app.add_api_route("/sdapi/docs", docs, methods=["GET"], include_in_schema=False)
+    # The schema and its page describe every route: with --auth, only for those who may call them.
+    login = [Depends(guard)]
+    app.add_api_route("/sdapi/docs", docs, methods=["GET"], include_in_schema=False, dependencies=login)
+    app.add_api_route("/openapi.json", app.openapi, methods=["GET"], include_in_schema=False, dependencies=login)
 
 
 def _error_for(exc: AtelierError) -> JSONResponse:
@@ -243,32 +269,48 @@ async def _unless_gone(request: Request, job: Job, submit: Callable[[], Future[R
             job.interrupt()
 
 
-def _auth_guard(users: list[tuple[str, str]]) -> Callable[..., None]:
-    """HTTP basic auth, read as UTF-8 (RFC 7617; FastAPI's HTTPBasic only reads ASCII), compared as bytes."""
+def _auth_guard(users: list[tuple[str, str]], brake: LoginBrake) -> Callable[..., str | None]:
+    """HTTP basic auth, read as UTF-8 (RFC 7617; FastAPI's HTTPBasic only reads ASCII), compared as bytes.
+
+    Returns the user's name (None without --auth). Wrong credentials count against the client's
+    address in ``brake``, shared with the page's login form."""
     accounts = [(user.encode(), password.encode()) for user, password in users]
 
-    def guard(request: Request) -> None:
+    def guard(request: Request) -> str | None:
         if not accounts:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        user = password = None
-        if scheme.lower() == "basic":
-            try:
-                user, colon, password = base64.b64decode(token.strip(), validate=True).partition(b":")
-            except (ValueError, binascii.Error):
-                colon = b""
-            if not colon:
-                user = password = None
-        ok = user is not None and any(
-            secrets.compare_digest(user, known_user) & secrets.compare_digest(password, known_password)
-            for known_user, known_password in accounts
+            return None
+        address = client_address(request.scope)
+        wait = brake.wait_left(address)
+        if wait > 0:
+            detail, seconds = too_many_failures(address, wait)
+            raise HTTPException(429, detail, {"Retry-After": str(seconds)})
+        given = _basic_credentials(request.headers.get("authorization", ""))
+        if given is not None and any(_same(given, account) for account in accounts):
+            brake.succeeded(address)
+            return given[0].decode(errors="replace")
+        if given is not None or "authorization" in request.headers:  # a guess, not a first unauthenticated call
+            brake.failed(address, "REST API")
+        raise HTTPException(
+            401, "this server needs a user name and password", {"WWW-Authenticate": 'Basic charset="UTF-8"'}
         )
-        if not ok:
-            raise HTTPException(
-                401, "this server needs a user name and password", {"WWW-Authenticate": 'Basic charset="UTF-8"'}
-            )
 
     return guard
+
+
+def _basic_credentials(header: str) -> tuple[bytes, bytes] | None:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, colon, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+    except (ValueError, binascii.Error):
+        return None
+    return (user, password) if colon else None
+
+
+def _same(given: tuple[bytes, bytes], account: tuple[bytes, bytes]) -> bool:
+    # Both parts compared every time (& not and): the answer's timing does not tell which was wrong.
+    return secrets.compare_digest(given[0], account[0]) & secrets.compare_digest(given[1], account[1])
 
 
 async def _json(request: Request) -> dict[str, Any] | JSONResponse:
@@ -282,6 +324,8 @@ async def _json(request: Request) -> dict[str, Any] | JSONResponse:
             return too_big
     try:
         payload = json.loads(bytes(body) or b"{}")
+    except RecursionError:
+        return error(400, "BadRequest", "the body is nested too deeply to read")
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, "BadRequest", f"the body is not valid JSON ({exc})")
     if not isinstance(payload, dict):
@@ -313,32 +357,6 @@ def _add_info_routes(router: APIRouter, engine: Engine, library: PresetLibrary, 
                 return _error_for(exc)
             engine.settings.default_model = str(name)
         return None
-
-    def progress() -> dict[str, Any]:
-        job = engine.current_job
-        if job is None or not job.total:
-            return {
-                "progress": 0.0,
-                "eta_relative": 0.0,
-                "state": {"job_count": engine.queue_length, "interrupted": False},
-                "current_image": None,
-                "textinfo": None,
-            }
-        done = job.step / job.total
-        elapsed = time.perf_counter() - job.started
-        preview = encode_png(job.preview, "") if job.preview is not None else None
-        state = {"skipped": False, "interrupted": job.interrupted, "job": job.id,
-                 "job_count": 1 + engine.queue_length, "job_no": 0, "sampling_step": job.step,
-                 "sampling_steps": job.total,
-                 "job_timestamp": time.strftime("%Y%m%d%H%M%S")}  # fmt: skip
-        eta = elapsed / done - elapsed if done else 0.0
-        return {
-            "progress": done,
-            "eta_relative": eta,
-            "state": state,
-            "current_image": preview,
-            "textinfo": f"Step {job.step}/{job.total}",
-        }
 
     async def png_info(request: Request) -> Any:
         payload = await _json(request)
@@ -388,13 +406,40 @@ def _add_info_routes(router: APIRouter, engine: Engine, library: PresetLibrary, 
     )
     router.add_api_route("/options", options, methods=["GET"])
     router.add_api_route("/options", set_options, methods=["POST"])
-    router.add_api_route("/progress", progress, methods=["GET"])
-    router.add_api_route("/interrupt", lambda: bool(engine.interrupt()) and None, methods=["POST"])
-    router.add_api_route("/skip", lambda: bool(engine.interrupt()) and None, methods=["POST"])
     router.add_api_route("/png-info", png_info, methods=["POST"])
     router.add_api_route("/prompt-styles", styles, methods=["GET"])
     router.add_api_route("/cmd-flags", lambda: flags, methods=["GET"])
     router.add_api_route("/memory", memory, methods=["GET"])
+
+
+def _add_job_routes(router: APIRouter, engine: Engine, state: ApiState, guard: Callable[..., str | None]) -> None:
+    """Progress, interrupt and skip. With --auth they act on the caller's own REST jobs only: others'
+    jobs show as running, without their id or preview, and cannot be stopped from here."""
+
+    def progress(user: str | None = Depends(guard)) -> dict[str, Any]:
+        job = engine.current_job
+        if job is None or not job.total:
+            idle = {"job_count": engine.queue_length, "interrupted": False}
+            return {"progress": 0.0, "eta_relative": 0.0, "state": idle, "current_image": None, "textinfo": None}
+        mine = state.owns(user, job)
+        done = job.step / job.total
+        elapsed = time.perf_counter() - job.started
+        preview = encode_png(job.preview, "") if mine and job.preview is not None else None
+        state_now: dict[str, Any] = {"skipped": False, "interrupted": job.interrupted, "job": job.id if mine else "",
+                     "job_count": 1 + engine.queue_length, "job_no": 0, "sampling_step": job.step,
+                     "sampling_steps": job.total, "job_timestamp": time.strftime("%Y%m%d%H%M%S")}  # fmt: skip
+        eta = elapsed / done - elapsed if done else 0.0
+        return {"progress": done, "eta_relative": eta, "state": state_now, "current_image": preview,
+                "textinfo": f"Step {job.step}/{job.total}"}  # fmt: skip
+
+    def stop(user: str | None = Depends(guard)) -> None:
+        job = engine.current_job
+        if job is not None and state.owns(user, job):
+            engine.interrupt(job.id)
+
+    router.add_api_route("/progress", progress, methods=["GET"])
+    router.add_api_route("/interrupt", stop, methods=["POST"])
+    router.add_api_route("/skip", stop, methods=["POST"])
 
 
 def _sysconf(name: str) -> int:
