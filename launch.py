@@ -7,9 +7,12 @@ and the default model loads in the background after the page already answers.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -134,6 +137,7 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
         css=CSS,
         quiet=True,
         app_kwargs={
+            "lifespan": _closes(engine),
             "routes": routes,  # in place before the server answers: no 404s right after start
             "middleware": [Middleware(HttpGuard, policy=policy)],
             "openapi_url": None,  # the REST API serves its own schema, behind --auth (FastAPI's is open)
@@ -188,7 +192,20 @@ def _warm_up(engine: Any) -> None:
     try:
         engine.warm_up()
     except Exception as exc:  # the page shows the same error when the user generates
-        log.error("could not load the default model %s: %s", engine.default_model, exc)
+        if not engine.closed:  # a server stopped during its warm-up has nothing to report
+            log.error("could not load the default model %s: %s", engine.default_model, exc)
+
+
+def _closes(engine: Any) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A server lifespan that closes the engine when the server stops: its running job stops and
+    nothing of it is still loading when whoever stopped the server goes on (a test, a script)."""
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(engine.close)
+
+    return lifespan
 
 
 def main(argv: list[str] | None = None) -> int:

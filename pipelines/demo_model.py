@@ -133,7 +133,9 @@ def build(
     """
     started = time.perf_counter()
     recipe = {"seed": seed, "autoencoder_steps": vae_steps, "batch_size": batch_size}
-    record = _read_record(out, recipe, stages) if resume else {**recipe, "denoiser_stages": [], "minutes": 0.0}
+    record: dict[str, Any] = (
+        _read_record(out, recipe, stages) if resume else {**recipe, "denoiser_stages": [], "minutes": 0.0}
+    )
     if not record.get("autoencoder_done"):
         save(_train_autoencoder(seed, vae_steps, batch_size, report), out)
         record["autoencoder_done"] = True
@@ -225,7 +227,8 @@ def save(pipe: Any, out: Path) -> None:
     try:
         # Copies, so a checkpoint mid-training leaves the modules being trained in full precision.
         copies = {name: copy.deepcopy(getattr(pipe, name)).half() for name in ("unet", "vae", "text_encoder")}
-        from diffusers import StableDiffusionPipeline
+        # From its own module: diffusers' __init__ shows type checkers a dummy class without methods.
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
         saved = StableDiffusionPipeline(**{**pipe.components, **copies}, requires_safety_checker=False)
         saved.save_pretrained(staging, safe_serialization=True)

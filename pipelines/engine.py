@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from . import catalog, images, infotext, loading, preview, samplers
-from .errors import Interrupted, OutOfMemory, QueueFull
+from .errors import BadRequest, Interrupted, OutOfMemory, QueueFull
 from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
@@ -94,6 +94,7 @@ class Engine:
         # and scripts all wait here, so they are served in the order they asked: one fair queue.
         self._waiting: list[Job] = []
         self._waiting_lock = threading.Lock()
+        self._closed = threading.Event()
         # The device thread's first work: diffusers and transformers imported on one thread, before
         # any load can start (their lazy modules break when two threads resolve them at once). The
         # page answers meanwhile; a request that comes early waits here behind it.
@@ -176,9 +177,14 @@ class Engine:
         At start the libraries it needs are still being imported: that is part of its load."""
         return self.manager.loading or ("" if self._libraries.done() else self.default_model)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
     def close(self) -> None:
         """Stop the running job, drop the waiting ones and wait until the device thread has ended,
         so that nothing of this engine is still loading when its owner moves on."""
+        self._closed.set()
         with self._waiting_lock:
             for job in self._waiting:
                 job.interrupt()
@@ -310,8 +316,8 @@ class Engine:
                 job.paths += saved
             job.images += finished
         job.state = "done"
-        finished = time.perf_counter()
-        timings = {"queue_s": started - queued, "load_s": loaded - started, "generate_s": finished - loaded}
+        ended = time.perf_counter()
+        timings = {"queue_s": started - queued, "load_s": loaded - started, "generate_s": ended - loaded}
         return Result(list(job.images), seeds, texts, request, model.name, model.model_hash, timings, notes, paths)
 
     def _save(
@@ -379,26 +385,28 @@ class Engine:
             "height": request.height,
             "width": request.width,
         }
-        original = mask = None
+        keep_outside: tuple[Image.Image, Image.Image] | None = None  # inpaint: the original and its soft mask
         if isinstance(request, Img2Img):
-            original = images.fit(request.init_image, request.width, request.height, request.resize_mode)
+            original = images.fit(_given(request.init_image), request.width, request.height, request.resize_mode)
             kwargs.update(image=original, strength=request.denoising_strength)
-        if isinstance(request, Inpaint):
-            mask = images.prepare_mask(
-                request.mask, request.width, request.height, request.invert_mask, request.resize_mode
-            )
-            soft_mask = images.blur_mask(mask, request.mask_blur)
-            start = images.fill_masked(original, mask, request.masked_content, seeds[0])
-            kwargs.update(image=start, mask_image=soft_mask)
-            if request.only_masked:
-                kwargs["padding_mask_crop"] = request.only_masked_padding
+            if isinstance(request, Inpaint):
+                mask = images.prepare_mask(
+                    _given(request.mask), request.width, request.height, request.invert_mask, request.resize_mode
+                )
+                soft_mask = images.blur_mask(mask, request.mask_blur)
+                start = images.fill_masked(original, mask, request.masked_content, seeds[0])
+                kwargs.update(image=start, mask_image=soft_mask)
+                if request.only_masked:
+                    kwargs["padding_mask_crop"] = request.only_masked_padding
+                keep_outside = original, soft_mask
         # With too little strength for even one step, the artist asked for the picture unchanged.
         unchanged = _steps_per_batch(request) < 1
         result = [kwargs["image"].copy() for _ in seeds] if unchanged else pipe(**kwargs).images
         if job.interrupted:
             # diffusers still decodes a half-done image after an interrupt; nobody should get it.
             raise Interrupted(f"job {job.id} was stopped at step {job.step} of {job.total}")
-        if isinstance(request, Inpaint):
+        if keep_outside is not None:
+            original, soft_mask = keep_outside
             result = [images.composite(original, image, soft_mask) for image in result]
         return result
 
@@ -448,6 +456,13 @@ def _cut_words(tokenizer: Any, request: Request) -> list[str]:
             shown = cut if len(cut) <= 200 else cut[:200] + "…"
             notes.append(f'the {label} is {len(ids)} tokens and the model reads {window}: it ignored "{shown}"')
     return notes
+
+
+def _given(image: Image.Image | None) -> Image.Image:
+    """An image ``Request.checked`` made sure of (it refuses img2img and inpaint requests without one)."""
+    if image is None:
+        raise BadRequest("this mode needs an image")
+    return image
 
 
 def _steps_per_batch(request: Request) -> int:

@@ -54,7 +54,9 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
+    # transformers annotates ``merges`` as strings, but the tokenizers backend it hands them to takes
+    # only (left, right) pairs ("'str' object is not an instance of 'tuple'").
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)  # type: ignore[arg-type]
 
 
 def import_libraries() -> None:

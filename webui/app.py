@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,11 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         generation_tabs = {w.mode: w for w in (txt2img, img2img, inpaint)}
         with png_info_area:  # built after the tabs it sends to exist
             build_png_info_tab(tabs, list(generation_tabs.values()))
-        handlers = {mode: wire_generation(engine, library, jobs, w, top.model) for mode, w in generation_tabs.items()}
+        device_state = top.device, functools.partial(device_text, engine)
+        handlers = {
+            mode: wire_generation(engine, library, jobs, w, top.model, device_state)
+            for mode, w in generation_tabs.items()
+        }
         for widgets in generation_tabs.values():
             _wire_results(widgets, img2img, inpaint, tabs)
         refresh_pickers, pickers = _wire_presets(library, generation_tabs, presets_tab, top.model)

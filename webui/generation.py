@@ -42,7 +42,7 @@ def build_img2img_tab(engine: Engine, library: PresetLibrary) -> GenerationWidge
         return {"init_image": image, "denoising_strength": strength, "resize_mode": resize}
 
     widgets = build_generation_widgets(engine, library, "img2img", controls)
-    _size_follows_image(widgets, widgets.fields["init_image"])
+    _size_follows_image(widgets)
     return widgets
 
 
@@ -78,12 +78,15 @@ def build_inpaint_tab(engine: Engine, library: PresetLibrary) -> GenerationWidge
         }  # fmt: skip
 
     widgets = build_generation_widgets(engine, library, "inpaint", controls)
-    _size_follows_image(widgets, widgets.fields["init_image"])
+    _size_follows_image(widgets)
     return widgets
 
 
-def _size_follows_image(widgets: GenerationWidgets, image_widget: gr.components.Component) -> None:
+def _size_follows_image(widgets: GenerationWidgets) -> None:
     """An uploaded picture sets width/height to its own size (on the 8-pixel grid)."""
+    image_widget = widgets.fields["init_image"]
+    if not isinstance(image_widget, gr.Image | gr.ImageEditor):
+        raise TypeError(f"the init image widget must be an Image or an ImageEditor, got {type(image_widget).__name__}")
 
     def sizes(value: Any) -> tuple[Any, Any]:
         image = value.get("background") if isinstance(value, dict) else value
@@ -126,9 +129,15 @@ def _editor_images(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
 
 
 def wire_generation(
-    engine: Engine, library: PresetLibrary, jobs: JobBoard, widgets: GenerationWidgets, model_picker: gr.Dropdown
+    engine: Engine,
+    library: PresetLibrary,
+    jobs: JobBoard,
+    widgets: GenerationWidgets,
+    model_picker: gr.Dropdown,
+    device_state: tuple[gr.Markdown, Callable[[], str]],
 ) -> Callable[..., Iterator[dict[Any, Any]]]:
-    """Connect Generate and Stop of one tab; every tab shares the single GPU slot."""
+    """Connect Generate and Stop of one tab; every tab shares the single GPU slot. ``device_state`` is
+    the top bar's status and what it shows, brought up to date the moment a job ends."""
     outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected]
 
     def run(
@@ -153,11 +162,12 @@ def wire_generation(
             job.interrupt() if job.state in ("queued", "running") else None  # the browser went away
             jobs.finish(session, job)
 
+    state_widget, state_text = device_state
     widgets.generate.click(
         run, inputs={model_picker, widgets.presets.styles, widgets.presets.negatives, *widgets.fields.values()},
         outputs=outputs,
-        concurrency_limit=GPU_WAITERS, concurrency_id="gpu", api_name=False, show_progress="minimal",
-    )  # fmt: skip
+        concurrency_limit=GPU_WAITERS, concurrency_id="gpu", api_visibility="private", show_progress="minimal",
+    ).then(state_text, None, state_widget, queue=False, show_progress="hidden")  # fmt: skip
 
     def stop(request: gr.Request) -> None:
         jobs.stop(request.session_hash or "anonymous")
