@@ -118,9 +118,7 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
         args.listen, split_list(args.allowed_hosts), split_list(args.cors_allow_origins), login_required=bool(auth)
     )
     engine = build_engine(args)
-    library = PresetLibrary(args.data_dir)
-    if library.problem:
-        log.error(library.problem)
+    library = PresetLibrary(args.data_dir)  # logs what is wrong with the user's presets file, if anything
     app = webui.build_app(engine, SettingsStore(args.data_dir), library)
     routes = _api_routes(args, engine, library, auth, policy.brake) if args.api else []
     # No cap on Gradio's own queue: it also holds the small events every page sends as it opens,

@@ -15,6 +15,12 @@ def test_ruff_is_clean() -> None:
     assert done.returncode == 0, done.stdout[-4000:]
 
 
+def test_types_check_clean() -> None:
+    """mypy with the settings in pyproject.toml: a field changed in one place is flagged everywhere it is used."""
+    done = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+
+
 def test_the_engine_never_imports_the_ui() -> None:
     offenders = [
         path.name
