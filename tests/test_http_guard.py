@@ -9,7 +9,6 @@ real clients that must keep working: ``webuiapi``, ``gradio_client`` and a same-
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -31,7 +30,6 @@ USER, PASSWORD = "alice", "secret-pa55"
 EVIL = "http://evil.example"
 ALLOWED_ORIGIN = "https://www.photopea.com"  # a web app the owner allowed with --cors-allow-origins
 EXTRA_HOST = "studio.lan"  # a name the owner allowed with --allowed-hosts
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @dataclass
@@ -156,29 +154,21 @@ def test_real_clients_still_work(open_server: Server) -> None:
 
 
 @pytest.mark.browser
-def test_the_page_logs_in_and_generates_in_a_real_browser(auth_server: Server) -> None:
+def test_the_page_logs_in_and_generates_in_a_real_browser(auth_server: Server, browser: Any) -> None:
     """Chromium sends Origin with the page's own POSTs (login, queue): they must pass the guard."""
+    page = browser.new_page()
     try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.goto(auth_server.url)
-            page.locator("input[type=text]").fill(USER)
-            page.locator("input[type=password]").fill(PASSWORD)
-            page.get_by_role("button", name="Login").click()
-            page.wait_for_selector("#txt2img-generate", timeout=60_000)
-            page.get_by_label("Prompt", exact=True).first.fill("a red star")
-            page.locator("#txt2img-generate").click()
-            page.locator("#txt2img-status").get_by_text("Done in").wait_for(timeout=60_000)
-            assert page.locator("#txt2img-results img[src*='gradio_api/file=']").count() >= 1
-        finally:
-            browser.close()
+        page.goto(auth_server.url)
+        page.locator("input[type=text]").fill(USER)
+        page.locator("input[type=password]").fill(PASSWORD)
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_selector("#txt2img-generate", timeout=60_000)
+        page.get_by_label("Prompt", exact=True).first.fill("a red star")
+        page.locator("#txt2img-generate").click()
+        page.locator("#txt2img-status").get_by_text("Done in").wait_for(timeout=60_000)
+        assert page.locator("#txt2img-results img[src*='gradio_api/file=']").count() >= 1
+    finally:
+        page.close()
 
 
 # -- 7. nothing about the API is shown before a login --------------------------------------------------------

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +31,6 @@ from PIL import Image
 
 import launch
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 GENERATE, STOP = "#txt2img-generate", "#txt2img-stop"
 STATUS = "#txt2img-status [data-testid=markdown]"  # the job's own text, not Gradio's progress overlay
@@ -123,28 +120,6 @@ def cramped(tmp_path_factory: pytest.TempPathFactory, models: Path) -> Iterator[
     app, server = _serve(tmp, models, tmp / "blocker" / "outputs", "--queue-size", "1")
     yield server
     app.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed")
-    if not Path(CHROMIUM).exists():
-        _missing(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"]  # fmt: skip
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
-        yield chromium
-        chromium.close()
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"browser tests must run in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture
