@@ -29,9 +29,12 @@ def prepare_mask(
 ) -> Image.Image:
     """A greyscale mask at the output size, white = redraw, fitted like the picture it belongs to.
     Empty masks are refused."""
-    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
+    if mask.mode in ("RGBA", "LA"):
         # A painted layer: the strokes are where alpha is set (Gradio's ImageEditor gives these).
-        mask = mask.getchannel("A")
+        # An alpha that is opaque everywhere holds no strokes; then the colours are the mask.
+        alpha = mask.getchannel("A")
+        if alpha.histogram()[255] < alpha.width * alpha.height:
+            mask = alpha
     grey = mask.convert("L")
     if resize_mode == "crop and resize":
         grey = ImageOps.fit(grey, (width, height), Image.Resampling.NEAREST)

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -30,6 +31,9 @@ TRASH = ".trash"
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 _NUMBERED = re.compile(r"^(\d{5,})-")
+MAX_METADATA_CHARS = 128 * 1024  # far above any real infotext; bounds what parsing a hostile file costs
+# what Pillow raises on a damaged or hostile file, from opening it to reading its text and EXIF
+UNREADABLE = (OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError, struct.error, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class OutputStore:
         return max(numbers, default=-1) + 1
 
     # -- reading ----------------------------------------------------------------------------
-    def list(self, query: str = "", offset: int = 0, limit: int = 48) -> tuple[list[GalleryItem], int]:
+    def page(self, query: str = "", offset: int = 0, limit: int = 48) -> tuple[list[GalleryItem], int]:
         """One page of images, newest first, optionally only those whose prompt contains ``query``."""
         items = []
         wanted = query.strip().lower()
@@ -95,16 +99,19 @@ class OutputStore:
         return items[offset : offset + limit], len(items)
 
     def _scan(self) -> list[tuple[Path, float]]:
-        found = []
+        """Images in the day folders, newest first. Links are never followed, to folders or to files:
+        whatever they point at lies outside what the gallery may show."""
+        found: list[tuple[Path, float]] = []
         if not self.root.is_dir():
             return found
-        for folder in self.root.iterdir():
-            if not folder.is_dir() or folder.name.startswith("."):
-                continue
-            for entry in os.scandir(folder):
-                visible = not entry.name.startswith(".") and Path(entry.name).suffix.lower() in SUFFIXES
-                if visible and entry.is_file(follow_symlinks=False):  # links could point outside the folder
-                    found.append((Path(entry.path), entry.stat().st_mtime))
+        with os.scandir(self.root) as days:
+            folders = [Path(d.path) for d in days if not d.name.startswith(".") and d.is_dir(follow_symlinks=False)]
+        for folder in folders:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    visible = not entry.name.startswith(".") and Path(entry.name).suffix.lower() in SUFFIXES
+                    if visible and entry.is_file(follow_symlinks=False):
+                        found.append((Path(entry.path), entry.stat(follow_symlinks=False).st_mtime))
         found.sort(key=lambda item: (item[1], item[0].name), reverse=True)
         return found
 
@@ -117,37 +124,61 @@ class OutputStore:
         return prompt
 
     def contains(self, path: Path) -> bool:
-        """True for image files inside the outputs folder (trash included); guards file serving."""
+        """True for image paths inside the outputs folder (trash included) that reach no link on the
+        way: acting on one can only ever touch the folder's own files. Guards file serving."""
+        relative = self._relative(path)
+        return relative is not None and relative.suffix.lower() in SUFFIXES
+
+    def _relative(self, path: Path) -> Path | None:
+        """Where ``path`` lies under the root, or None when it lies elsewhere or gets there through a
+        link (a linked folder, a linked file, or ``..`` after a link). The root itself may be a link."""
         try:
-            resolved = Path(path).resolve()
-        except OSError:
-            return False
-        return resolved.is_relative_to(self.root.resolve()) and resolved.suffix.lower() in SUFFIXES
+            written = Path(os.path.abspath(path))  # ".." removed as written, as if nothing were a link
+            real_root, real_path = Path(os.path.realpath(self.root)), Path(os.path.realpath(path))
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
+            return None
+        for root in (Path(os.path.abspath(self.root)), real_root):
+            if written.is_relative_to(root):
+                relative = written.relative_to(root)
+                # the system's reading of the path must be the written one: then no link was on the way
+                return relative if real_path == real_root / relative else None
+        return None
 
     # -- deleting ---------------------------------------------------------------------------
     def delete(self, path: Path) -> Path:
         """Move an image to the trash; returns where it went."""
-        path = Path(path)
-        if not self.contains(path) or TRASH in path.resolve().relative_to(self.root.resolve()).parts:
+        relative = self._relative(path)
+        if relative is None or relative.suffix.lower() not in SUFFIXES or TRASH in relative.parts:
             raise ValueError(f"{path} is not an image in the outputs folder")
-        target = self._free_name(self.root / TRASH / path.resolve().relative_to(self.root.resolve()))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, target)
-        self._prompts.pop(path, None)
+        source = self.root / relative
+        target = self._free_name(self.root / TRASH / relative)
+        self._move(source, target)
+        self._prompts.pop(source, None)
         return target
 
     def restore(self, trashed: Path) -> Path:
         """Put a trashed image back where it was (next to it if that name is taken again)."""
-        trashed = Path(trashed)
-        relative = trashed.resolve().relative_to((self.root / TRASH).resolve())
-        target = self._free_name(self.root / relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(trashed, target)
+        relative = self._relative(trashed)
+        if relative is None or relative.parts[:1] != (TRASH,) or relative.suffix.lower() not in SUFFIXES:
+            raise ValueError(f"{trashed} is not an image in the trash folder")
+        target = self._free_name(self.root.joinpath(*relative.parts[1:]))
+        self._move(self.root / relative, target)
         return target
+
+    def _move(self, source: Path, target: Path) -> None:
+        """Move one file within the folder; refuses when the target's folders are links (out of it)."""
+        if not source.is_file():  # with no link on the way, this is the file itself
+            raise ValueError(f"{source} is not a file")
+        if self._relative(target) is None:
+            raise ValueError(f"{target} lies behind a link out of the outputs folder; nothing was moved")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
 
     def trash(self) -> list[Path]:
         folder = self.root / TRASH
-        return sorted((p for p in folder.rglob("*") if p.is_file()), reverse=True) if folder.is_dir() else []
+        if self._relative(folder) is None or not folder.is_dir():
+            return []
+        return sorted((p for p in folder.rglob("*") if p.is_file() and self._relative(p) is not None), reverse=True)
 
     @staticmethod
     def _free_name(path: Path) -> Path:
@@ -189,34 +220,70 @@ def _write_image(file: Any, image: Image.Image, image_format: str, infotext: str
     image.convert("RGB").save(file, format=FORMATS[image_format], exif=exif.tobytes(), quality=95)
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """``parameters`` (infotext) and, for Atelier's PNGs, ``atelier`` (request fields) of an image file."""
+def read_metadata(path: Path | str) -> dict[str, Any]:
+    """``parameters`` (infotext) and, for Atelier's PNGs, ``atelier`` (request fields) of an image file;
+    ``unreadable`` names any of the two the file has but that could not be read."""
     try:
         with Image.open(path) as image:
             return image_metadata(image)
-    except (OSError, ValueError, SyntaxError) as exc:
+    except UNREADABLE as exc:
         log.warning("cannot read metadata of %s: %s", path, exc)
         return {}
 
 
 def image_metadata(image: Image.Image) -> dict[str, Any]:
-    """The same, from an opened image: PNG text chunks, else EXIF UserComment (JPEG, WebP)."""
-    text = dict(getattr(image, "text", {}) or {})
+    """The same, from an opened image: PNG text chunks, else EXIF UserComment (JPEG, WebP).
+    Never raises for what a file holds: the image may come from anyone."""
+    metadata: dict[str, Any] = {}
+    unreadable: list[str] = []
+    text = _text_chunks(image)
+    if "parameters" in text:
+        parameters: str | None = text["parameters"]
+    else:
+        parameters = _user_comment(image)
+    if parameters is not None:
+        _keep(metadata, unreadable, "parameters", parameters if len(parameters) <= MAX_METADATA_CHARS else None)
+    if "atelier" in text:
+        _keep(metadata, unreadable, "atelier", _request_fields(text["atelier"]))
+    if unreadable:
+        log.warning("an image has metadata that cannot be read: %s", ", ".join(unreadable))
+        metadata["unreadable"] = unreadable
+    return metadata
+
+
+def _keep(metadata: dict[str, Any], unreadable: list[str], name: str, value: Any) -> None:
+    if value is None:
+        unreadable.append(name)
+    else:
+        metadata[name] = value
+
+
+def _text_chunks(image: Image.Image) -> dict[str, str]:
+    try:  # reading a PNG's text decodes the whole file: a damaged one fails here
+        chunks = getattr(image, "text", None) or {}
+    except UNREADABLE as exc:
+        log.warning("cannot read an image's text chunks: %s", exc)
+        return {}
+    return {key: value for key, value in chunks.items() if isinstance(value, str)}
+
+
+def _user_comment(image: Image.Image) -> str | None:
     try:
         comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-    except (OSError, ValueError, SyntaxError):
-        comment = None
-    metadata: dict[str, Any] = {}
-    if "parameters" in text:
-        metadata["parameters"] = text["parameters"]
-    elif isinstance(comment, bytes):
-        metadata["parameters"] = _decode_user_comment(comment)
-    if "atelier" in text:
-        try:
-            metadata["atelier"] = json.loads(text["atelier"])
-        except json.JSONDecodeError:
-            log.warning("an image has a damaged Atelier metadata chunk")
-    return metadata
+    except UNREADABLE:
+        return None
+    return _decode_user_comment(comment) if isinstance(comment, bytes) else None
+
+
+def _request_fields(text: str) -> dict[str, Any] | None:
+    """Atelier's JSON request fields, or None when they are too long, too deeply nested, or not an object."""
+    if len(text) > MAX_METADATA_CHARS:
+        return None
+    try:
+        fields = json.loads(text)
+    except (ValueError, RecursionError):  # a chunk of "[[[[..." nests deeper than the parser can follow
+        return None
+    return fields if isinstance(fields, dict) else None
 
 
 def _decode_user_comment(raw: bytes) -> str:

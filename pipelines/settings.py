@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 OFFLOADS = ("none", "model", "sequential")  # "model" is --medvram, "sequential" is --lowvram
+MAX_BYTES = 2**63 - 1  # what a signed 64-bit size, as torch and the OS count memory, can hold
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class EngineSettings:
             raise ValueError(f"max_queue must be at least 1, got {self.max_queue}")
         if self.max_models < 1:
             raise ValueError(f"max_models must be at least 1, got {self.max_models}")
+        for name in ("ram_budget_bytes", "device_budget_bytes"):
+            _check_byte_count(name, getattr(self, name))
 
     def resolved_device(self) -> str:
         import torch
@@ -87,6 +90,12 @@ class EngineSettings:
         if self.offload != "none" and self.resolved_device() == "cpu":
             return f"--{'medvram' if self.offload == 'model' else 'lowvram'} ignored: there is no GPU to offload from"
         return ""
+
+
+def _check_byte_count(name: str, value: object) -> None:
+    # a NaN or an infinity here would only fail later, in int() at the next model load
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BYTES:
+        raise ValueError(f"{name} must be a whole number of bytes from 0 to {MAX_BYTES}, got {value!r}")
 
 
 def _machine_memory_bytes() -> int:

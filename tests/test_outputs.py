@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from pipelines import outputs
 from pipelines.engine import Engine
-from pipelines.outputs import OutputStore, read_metadata
+from pipelines.outputs import TRASH, OutputStore, image_metadata, read_metadata
 from pipelines.requests import Txt2Img
 from pipelines.settings import EngineSettings
 
@@ -102,7 +102,7 @@ def test_png_with_non_latin_prompt_round_trips(tmp_path: Path) -> None:
     metadata = read_metadata(path)
     assert metadata["parameters"] == text
     assert metadata["atelier"] == {**fields, "path": "x/y"}
-    items, total = store.list("CAFÉ")
+    items, total = store.page("CAFÉ")
     assert total == 1
     assert items[0].path == path
     assert items[0].prompt == "猫 café, ¿qué? — «ёж» 🦊"
@@ -126,7 +126,7 @@ def test_jpeg_and_webp_keep_the_infotext_in_exif_user_comment(
         comment = saved.getexif().get_ifd(0x8769)[0x9286]
     assert comment.startswith(b"UNICODE\0")  # A1111's readers look for this header
     assert read_metadata(path)["parameters"] == text
-    items, total = store.list("猫 CAFÉ")
+    items, total = store.page("猫 CAFÉ")
     assert total == 1
     assert items[0].path == path
 
@@ -207,7 +207,7 @@ def test_concurrent_saves_lose_nothing(tmp_path: Path, store_count: int) -> None
         assert read_metadata(path)["parameters"] == _infotext(f"w{seed // 100} i{seed % 100}", seed=seed)
     if store_count == 1:  # within one process numbering is serialised: 0..39, no gaps, no repeats
         assert sorted(int(path.name[:5]) for path in saved) == list(range(40))
-    assert OutputStore(tmp_path).list(limit=100)[1] == 40
+    assert OutputStore(tmp_path).page(limit=100)[1] == 40
 
 
 # -- failing writes -----------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_a_failing_encode_leaves_no_file_behind(tmp_path: Path, exc: BaseExcepti
     with pytest.raises(type(exc)):
         store.save(_Broken(exc), INFOTEXT, FIELDS, seed=5)  # type: ignore[arg-type]
     assert _all_files(tmp_path) == []
-    assert store.list() == ([], 0)
+    assert store.page() == ([], 0)
     assert store.save(_noise(), INFOTEXT, FIELDS, seed=5).name == "00000-5.png"  # and the store still works
 
 
@@ -247,7 +247,7 @@ def test_an_unwritable_root_raises_oserror_and_writes_nothing(tmp_path: Path) ->
         store.save(_noise(), INFOTEXT, FIELDS, seed=5)
     assert blocker.read_bytes() == b"just a file"
     assert _all_files(tmp_path) == [blocker]
-    assert store.list() == ([], 0)
+    assert store.page() == ([], 0)
 
 
 # -- listing ------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def _touch(path: Path, mtime: float) -> None:
     os.utime(path, (mtime, mtime))
 
 
-def test_list_is_newest_first_with_paging_and_a_total(tmp_path: Path) -> None:
+def test_page_is_newest_first_with_paging_and_a_total(tmp_path: Path) -> None:
     store = OutputStore(tmp_path)
     paths = [store.save(_noise(8, i), _infotext(f"picture {i}", seed=i), {"seed": i}, seed=i) for i in range(5)]
     # Modification time, not the number in the name, decides the order.
@@ -266,43 +266,43 @@ def test_list_is_newest_first_with_paging_and_a_total(tmp_path: Path) -> None:
     for age, path in enumerate(order):
         _touch(path, base - age * 10)
 
-    items, total = store.list()
+    items, total = store.page()
     assert total == 5
     assert [item.path for item in items] == order
     assert [item.prompt for item in items] == ["picture 2", "picture 0", "picture 4", "picture 1", "picture 3"]
     assert all(a.modified > b.modified for a, b in itertools.pairwise(items))
 
-    first, total_first = store.list(offset=0, limit=2)
-    second, total_second = store.list(offset=2, limit=2)
-    third, _ = store.list(offset=4, limit=2)
+    first, total_first = store.page(offset=0, limit=2)
+    second, total_second = store.page(offset=2, limit=2)
+    third, _ = store.page(offset=4, limit=2)
     assert total_first == total_second == 5
     assert [i.path for i in first + second + third] == order
-    assert store.list(offset=10, limit=2) == ([], 5)
+    assert store.page(offset=10, limit=2) == ([], 5)
 
     _touch(paths[3], base + 500)  # touching a file moves it to the front
-    assert store.list(limit=1)[0][0].path == paths[3]
+    assert store.page(limit=1)[0][0].path == paths[3]
 
 
-def test_list_filter_matches_the_prompt_only_ignoring_case(tmp_path: Path) -> None:
+def test_page_filter_matches_the_prompt_only_ignoring_case(tmp_path: Path) -> None:
     store = OutputStore(tmp_path)
     fox = store.save(_noise(8, 1), _infotext("A Red FOX in snow", negative="blurry cat", seed=1), {}, seed=1)
     cat = store.save(_noise(8, 2), _infotext("a sleepy cat\non two lines", negative="ugly fox", seed=2), {}, seed=2)
     store.save(_noise(8, 3), _infotext("a lighthouse", seed=3), {}, seed=3)
 
-    assert [i.path for i in store.list("red fox")[0]] == [fox]
-    assert [i.path for i in store.list("  RED fox ")[0]] == [fox]
-    assert [i.path for i in store.list("CAT")[0]] == [cat]  # "cat" in the fox's negative prompt does not count
-    assert [i.path for i in store.list("two lines")[0]] == [cat]
-    assert store.list("blurry") == ([], 0)  # only in a negative prompt
-    assert store.list("ugly") == ([], 0)
-    assert store.list("DPM++") == ([], 0)  # only in the parameter line
-    assert store.list("Steps") == ([], 0)
-    assert store.list("Negative prompt") == ([], 0)
-    assert store.list("zebra") == ([], 0)
-    assert store.list("")[1] == store.list("   ")[1] == 3
+    assert [i.path for i in store.page("red fox")[0]] == [fox]
+    assert [i.path for i in store.page("  RED fox ")[0]] == [fox]
+    assert [i.path for i in store.page("CAT")[0]] == [cat]  # "cat" in the fox's negative prompt does not count
+    assert [i.path for i in store.page("two lines")[0]] == [cat]
+    assert store.page("blurry") == ([], 0)  # only in a negative prompt
+    assert store.page("ugly") == ([], 0)
+    assert store.page("DPM++") == ([], 0)  # only in the parameter line
+    assert store.page("Steps") == ([], 0)
+    assert store.page("Negative prompt") == ([], 0)
+    assert store.page("zebra") == ([], 0)
+    assert store.page("")[1] == store.page("   ")[1] == 3
 
 
-def test_list_skips_temp_files_trash_and_other_files(tmp_path: Path) -> None:
+def test_page_skips_temp_files_trash_and_other_files(tmp_path: Path) -> None:
     store = OutputStore(tmp_path)
     kept = store.save(_noise(), INFOTEXT, FIELDS, seed=5)
     gone = store.save(_noise(seed=1), INFOTEXT, FIELDS, seed=6)
@@ -312,10 +312,10 @@ def test_list_skips_temp_files_trash_and_other_files(tmp_path: Path) -> None:
     (tmp_path / ".thumbnails").mkdir()
     shutil.copy(kept, tmp_path / ".thumbnails" / "00000-5.png")
 
-    items, total = store.list()
+    items, total = store.page()
     assert total == 1
     assert [i.path for i in items] == [kept]
-    assert store.list("red fox")[1] == 1
+    assert store.page("red fox")[1] == 1
 
 
 def test_every_listed_item_is_inside_the_folder(tmp_path: Path) -> None:
@@ -324,7 +324,7 @@ def test_every_listed_item_is_inside_the_folder(tmp_path: Path) -> None:
     private = tmp_path / "private.png"
     _noise(seed=1).save(private)
     (inside.parent / "00005-1.png").symlink_to(private)
-    items, total = store.list()
+    items, total = store.page()
     assert all(store.contains(item.path) for item in items)
     assert [i.path for i in items] == [inside]
     assert total == 1
@@ -345,12 +345,12 @@ def test_images_from_an_earlier_run_are_listed(tmp_path: Path) -> None:
     _touch(plain, time.time() - 7200)
 
     fresh = OutputStore(tmp_path / "out")  # a new process: nothing cached
-    items, total = fresh.list()
+    items, total = fresh.page()
     assert total == 4
     assert {i.path for i in items} == {png, jpg, copied, plain}
     assert [i.path for i in items][-2:] == [copied, plain]
-    assert [i.path for i in fresh.list("castle")[0]] == [copied]
-    assert [i.path for i in fresh.list("OLD")[0]] == sorted([png, jpg], key=lambda p: -p.stat().st_mtime)
+    assert [i.path for i in fresh.page("castle")[0]] == [copied]
+    assert [i.path for i in fresh.page("OLD")[0]] == sorted([png, jpg], key=lambda p: -p.stat().st_mtime)
     assert next(i for i in items if i.path == plain).prompt == ""
 
     # Numbering carries on after the earlier run's files instead of reusing their names.
@@ -370,8 +370,8 @@ def test_delete_moves_to_trash_and_restore_brings_back_identical_bytes(tmp_path:
     assert not path.exists()
     assert trashed == tmp_path / ".trash" / path.parent.name / path.name
     assert trashed.read_bytes() == original
-    assert [i.path for i in store.list()[0]] == [other]
-    assert store.list("red fox")[1] == 1
+    assert [i.path for i in store.page()[0]] == [other]
+    assert store.page("red fox")[1] == 1
     assert store.trash() == [trashed]
     assert store.contains(trashed)
 
@@ -383,7 +383,7 @@ def test_delete_moves_to_trash_and_restore_brings_back_identical_bytes(tmp_path:
     assert restored == path
     assert restored.read_bytes() == original
     assert store.trash() == []
-    assert {i.path for i in store.list()[0]} == {path, other}
+    assert {i.path for i in store.page()[0]} == {path, other}
 
 
 def test_restore_never_overwrites_a_file_that_took_the_name(tmp_path: Path) -> None:
@@ -458,6 +458,117 @@ def test_contains_only_images_inside_the_folder(tmp_path: Path) -> None:
     assert not store.contains(root / "a.txt")
 
 
+def _outside_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder outside the outputs with one picture in it (with a prompt), and that picture."""
+    private = tmp_path / "private"
+    picture = OutputStore(private).save(_noise(seed=7), _infotext("a private letter", seed=7), {}, seed=7)
+    return private, picture
+
+
+def _snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_linked_folder_inside_the_outputs_is_not_listed(tmp_path: Path) -> None:
+    store = OutputStore(tmp_path / "out")
+    inside = store.save(_noise(), INFOTEXT, FIELDS, seed=5)
+    private, picture = _outside_folder(tmp_path)
+    (tmp_path / "out" / "2001-01-01").symlink_to(picture.parent, target_is_directory=True)
+    (tmp_path / "out" / "linked-root").symlink_to(private, target_is_directory=True)
+
+    items, total = store.page()
+    assert [i.path for i in items] == [inside] and total == 1
+    assert store.page("private letter") == ([], 0)
+    assert not store.contains(tmp_path / "out" / "2001-01-01" / picture.name)
+
+
+def test_delete_and_restore_never_move_files_through_a_linked_trash(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    store = OutputStore(root)
+    inside = store.save(_noise(), INFOTEXT, FIELDS, seed=5)
+    private, picture = _outside_folder(tmp_path)
+    (root / TRASH).symlink_to(private, target_is_directory=True)
+    before, kept = _snapshot(private), inside.read_bytes()
+
+    with pytest.raises(ValueError):
+        store.delete(inside)  # would move the user's picture out of the outputs folder
+    with pytest.raises(ValueError):
+        store.restore(root / TRASH / picture.parent.name / picture.name)  # would pull a private file in
+    assert inside.read_bytes() == kept
+    assert _snapshot(private) == before
+    assert store.trash() == []
+    assert [i.path for i in store.page()[0]] == [inside]
+
+
+def test_restore_never_writes_through_a_linked_folder(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    store = OutputStore(root)
+    path = store.save(_noise(), INFOTEXT, FIELDS, seed=5)
+    trashed = store.delete(path)
+    private, picture = _outside_folder(tmp_path)
+    path.parent.rmdir()
+    path.parent.symlink_to(picture.parent, target_is_directory=True)
+    before = _snapshot(private)
+
+    with pytest.raises(ValueError):
+        store.restore(trashed)
+    assert _snapshot(private) == before
+    assert trashed.is_file()
+
+
+def test_a_path_that_only_looks_inside_is_not_inside(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    store = OutputStore(root)
+    store.save(_noise(), INFOTEXT, FIELDS, seed=5)
+    _, picture = _outside_folder(tmp_path)
+    (root / "door").symlink_to(picture.parent, target_is_directory=True)
+    # written out it is root/<day>/<name>; the system follows "door" first and lands on the private picture
+    sneaky = root / "door" / ".." / picture.parent.name / picture.name
+    assert os.path.realpath(sneaky) == os.path.realpath(picture)
+
+    assert not store.contains(sneaky)
+    with pytest.raises(ValueError):
+        store.delete(sneaky)
+    assert picture.is_file()
+    assert not store.contains(root / "nul\0.png")  # a path the system refuses is not inside either
+
+
+# -- metadata that cannot be read -------------------------------------------------------------
+
+
+def _png_with_chunks(path: Path, **chunks: str) -> Path:
+    info = PngImagePlugin.PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    _noise().save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize(
+    "atelier",
+    ["[" * 200_000, "[" * 5_000, '{"a": ' * 3_000, "[1, 2]", '"text"', "{not json", "{}" + " " * 300_000],
+    ids=["deep-and-big", "deep", "deep-objects", "a-list", "a-string", "not-json", "too-big"],
+)
+def test_an_unreadable_atelier_chunk_is_left_out_and_the_rest_is_read(tmp_path: Path, atelier: str) -> None:
+    path = _png_with_chunks(tmp_path / "hostile.png", parameters=INFOTEXT, atelier=atelier)
+    metadata = read_metadata(path)
+    assert metadata == {"parameters": INFOTEXT, "unreadable": ["atelier"]}
+    with Image.open(path) as image:
+        assert image_metadata(image) == metadata
+    store = OutputStore(tmp_path / "out")  # and the gallery lists it with its prompt
+    (tmp_path / "out" / "2020-01-01").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "out" / "2020-01-01" / "00000-5.png")
+    assert [i.prompt for i in store.page("red fox")[0]] == ["a red fox"]
+
+
+def test_an_oversized_infotext_is_left_out(tmp_path: Path) -> None:
+    huge = "a red fox " * 100_000
+    path = _png_with_chunks(tmp_path / "huge.png", parameters=huge, atelier=json.dumps(FIELDS))
+    assert read_metadata(path) == {"atelier": FIELDS, "unreadable": ["parameters"]}
+    webp = OutputStore(tmp_path / "out", "webp").save(_noise(), huge, FIELDS, seed=1)  # EXIF UserComment
+    assert read_metadata(webp) == {"unreadable": ["parameters"]}
+
+
 # -- through the engine -------------------------------------------------------------------------
 
 
@@ -493,7 +604,7 @@ def test_generate_with_save_writes_every_image_with_its_own_metadata(saving_engi
         assert fields["seed"] == seed
         assert fields["model"] == result.model
 
-    items, total = saving_engine.outputs.list("猫 HOUSE")
+    items, total = saving_engine.outputs.page("猫 HOUSE")
     assert total == 4
     assert {i.path for i in items} == set(result.paths)
 

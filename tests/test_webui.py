@@ -66,12 +66,12 @@ def test_generate_streams_progress_then_shows_saved_images(studio: Studio) -> No
 
 
 def test_bad_input_is_a_clear_message_and_nothing_runs(studio: Studio) -> None:
-    before = studio.engine.outputs.list()[1]
+    before = studio.engine.outputs.page()[1]
     with pytest.raises(gr.Error, match="steps must be between 1 and 150, got 500"):
         run(studio, "txt2img", steps=500)
     with pytest.raises(gr.Error, match="img2img needs an init image"):
         run(studio, "img2img", prompt="x")
-    assert studio.engine.outputs.list()[1] == before
+    assert studio.engine.outputs.page()[1] == before
 
 
 def test_img2img_uses_the_uploaded_image(studio: Studio) -> None:
@@ -111,7 +111,7 @@ def test_slider_floats_become_whole_numbers() -> None:
 
 
 def test_stop_ends_only_the_clicking_sessions_job(studio: Studio) -> None:
-    saved_before = studio.engine.outputs.list()[1]
+    saved_before = studio.engine.outputs.page()[1]
     updates: list[dict[Any, Any]] = []
     worker = threading.Thread(
         target=lambda: updates.extend(run(studio, "txt2img", session="alice", steps=150, width=64, height=64))
@@ -126,7 +126,7 @@ def test_stop_ends_only_the_clicking_sessions_job(studio: Studio) -> None:
     widgets = studio.tabs["txt2img"]
     assert updates[-1][widgets.status].startswith("Stopped at step")
     assert updates[-1][widgets.results] == []
-    assert studio.engine.outputs.list()[1] == saved_before, "a stopped job saved an image"
+    assert studio.engine.outputs.page()[1] == saved_before, "a stopped job saved an image"
 
 
 def test_job_board_keeps_sessions_apart() -> None:

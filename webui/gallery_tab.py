@@ -67,11 +67,11 @@ def build_gallery_tab(engine: Engine) -> GalleryWidgets:
 def show_page(engine: Engine, query: str, page: float | None) -> tuple[list[tuple[str, str]], int, str, list[str]]:
     """Thumbnails (path, caption) of one page, the page number shown, a summary line, and the paths."""
     page_number = max(1, int(page or 1))
-    items, total = engine.outputs.list(query or "", (page_number - 1) * PAGE_SIZE, PAGE_SIZE)
+    items, total = engine.outputs.page(query or "", (page_number - 1) * PAGE_SIZE, PAGE_SIZE)
     pages = max(1, -(-total // PAGE_SIZE))
     if page_number > pages:
         page_number = pages
-        items, total = engine.outputs.list(query or "", (page_number - 1) * PAGE_SIZE, PAGE_SIZE)
+        items, total = engine.outputs.page(query or "", (page_number - 1) * PAGE_SIZE, PAGE_SIZE)
     found = f"{total} image{'s' if total != 1 else ''}" + (f" matching “{query}”" if query else "")
     thumbnails = [(str(item.path), item.prompt[:80]) for item in items]
     return thumbnails, page_number, f"{found} · page {page_number} of {pages}", [str(item.path) for item in items]

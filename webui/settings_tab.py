@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import dataclasses
 from typing import Any
 
 import gradio as gr
@@ -10,16 +10,39 @@ import gradio as gr
 from pipelines.engine import Engine
 from pipelines.outputs import FORMATS
 
-from .state import SettingsStore, UiSettings
+from .state import MAX_MODELS_RANGE, RAM_BUDGET_GB_RANGE, THEMES, SettingError, SettingsStore, UiSettings
 
 THEME_JS = "(theme) => { document.body.classList.toggle('dark', theme === 'dark'); return theme; }"
 
 
 def apply_settings(engine: Engine, settings: UiSettings) -> None:
     """Settings that take effect at once: the next model load or save sees them."""
-    engine.settings.max_models = max(1, int(settings.max_models))
-    engine.settings.ram_budget_bytes = int(settings.ram_budget_gb * 1024**3)
+    # EngineSettings checks the new values as a whole before the live settings change at all
+    checked = dataclasses.replace(
+        engine.settings, max_models=settings.max_models, ram_budget_bytes=int(settings.ram_budget_gb * 1024**3)
+    )
+    engine.settings.max_models = checked.max_models
+    engine.settings.ram_budget_bytes = checked.ram_budget_bytes
     engine.outputs.image_format = settings.image_format
+
+
+def save_settings(engine: Engine, store: SettingsStore, values: dict[str, Any]) -> str:
+    """Check every value, then write, then apply: a refused value leaves the file and the engine as they were."""
+    try:
+        settings = UiSettings(**values)
+    except SettingError as exc:
+        raise gr.Error(f"Settings not saved: {exc}") from exc
+    try:
+        store.save(settings)
+    except OSError as exc:
+        raise gr.Error(f"Settings not saved: cannot write {store.path}: {exc}") from exc
+    apply_settings(engine, settings)
+    return f"Saved to `{store.path}` and applied: {dataclasses.asdict(settings)}"
+
+
+def problem_note(store: SettingsStore) -> str:
+    """What went wrong reading the settings file, for the top of the tab; empty when nothing did."""
+    return f"⚠️ {store.problem}" if store.problem else ""
 
 
 def loaded_table(engine: Engine) -> list[list[Any]]:
@@ -45,15 +68,18 @@ def build_settings_tab(engine: Engine, store: SettingsStore) -> tuple[gr.Radio, 
     with gr.Row(equal_height=False):
         with gr.Column():
             gr.Markdown("### Memory")
-            max_models = gr.Slider(1, 8, value=saved.max_models, step=1, label="Models kept loaded")
+            max_models = gr.Slider(*MAX_MODELS_RANGE, value=saved.max_models, step=1, label="Models kept loaded")
             ram = gr.Number(
-                saved.ram_budget_gb, label="RAM budget for models, GB (0: half of this machine's memory)", minimum=0
+                saved.ram_budget_gb,
+                label="RAM budget for models, GB (0: half of this machine's memory)",
+                minimum=RAM_BUDGET_GB_RANGE[0],
+                maximum=RAM_BUDGET_GB_RANGE[1],
             )
             gr.Markdown("### Saving")
             image_format = gr.Radio(list(FORMATS), value=saved.image_format, label="Image format for new images")
-            theme = gr.Radio(["light", "dark"], value=saved.theme, label="Theme")
+            theme = gr.Radio(list(THEMES), value=saved.theme, label="Theme")
             save = gr.Button("Save settings", variant="primary")
-            saved_note = gr.Markdown("")
+            saved_note = gr.Markdown(lambda: problem_note(store))  # run again at every page load
         with gr.Column():
             gr.Markdown("### Loaded now")
             table = gr.Dataframe(
@@ -72,13 +98,12 @@ def build_settings_tab(engine: Engine, store: SettingsStore) -> tuple[gr.Radio, 
                 "set with launch flags (`python launch.py --help`)."
             )
 
-    def save_settings(models: float, ram_gb: float | None, fmt: str, chosen_theme: str) -> str:
-        settings = UiSettings(int(models), float(ram_gb or 0), fmt, chosen_theme)
-        store.save(settings)
-        apply_settings(engine, settings)
-        return f"Saved to `{store.path}` and applied: {asdict(settings)}"
+    def save_settings_clicked(models: object, ram_gb: object, fmt: object, chosen_theme: object) -> str:
+        # an emptied number box means its default, 0; anything else goes to the checks as sent
+        values = {"max_models": models, "ram_budget_gb": 0.0 if ram_gb is None else ram_gb}
+        return save_settings(engine, store, values | {"image_format": fmt, "theme": chosen_theme})
 
-    save.click(save_settings, [max_models, ram, image_format, theme], saved_note)
+    save.click(save_settings_clicked, [max_models, ram, image_format, theme], saved_note)
     theme.change(None, theme, None, js=THEME_JS)
     refresh.click(lambda: loaded_table(engine), None, table)
     unload.click(lambda: (engine.manager.unload(), loaded_table(engine))[1], None, table)

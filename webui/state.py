@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import reprlib
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from pipelines.engine import Job
 from pipelines.outputs import FORMATS
@@ -17,52 +20,163 @@ from pipelines.outputs import FORMATS
 log = logging.getLogger(__name__)
 
 
-@dataclass
+MAX_MODELS_RANGE = (1, 8)
+RAM_BUDGET_GB_RANGE = (0, 16384)  # 16 TiB: more than any machine this runs on
+THEMES = ("light", "dark")
+MAX_SETTINGS_BYTES = 64 * 1024  # the file holds four short values; a bigger one is not ours
+
+
+class SettingError(ValueError):
+    """A setting's value is not one it allows; the message names the value and what is allowed."""
+
+
+@dataclass(frozen=True)
 class UiSettings:
-    """What the Settings tab saves in ``<data-dir>/settings.json``."""
+    """What the Settings tab saves in ``<data-dir>/settings.json``. Every value is checked when made,
+    so one that exists can always be written and applied."""
 
     max_models: int = 3
     ram_budget_gb: float = 0.0  # 0: half the machine's memory
     image_format: str = "png"
     theme: str = "light"
 
+    def __post_init__(self) -> None:
+        problems = []
+        for name in (f.name for f in fields(self)):
+            try:
+                object.__setattr__(self, name, check_setting(name, getattr(self, name)))
+            except SettingError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise SettingError("; ".join(problems))
+
+
+def check_setting(name: str, value: object) -> int | float | str:
+    """``value`` in the type ``UiSettings`` stores for ``name``, or SettingError."""
+    if name == "max_models":
+        return _whole_number(name, value, *MAX_MODELS_RANGE)
+    if name == "ram_budget_gb":
+        return _number(name, value, *RAM_BUDGET_GB_RANGE, unit=" (GB)")
+    if name == "image_format":
+        return _choice(name, value, tuple(FORMATS))
+    if name == "theme":
+        return _choice(name, value, THEMES)
+    raise SettingError(f"there is no setting named {_shown(name)}")
+
+
+def _whole_number(name: str, value: object, low: int, high: int) -> int:
+    # a slider sends 3.0; NaN and the infinities are not whole, so they stay floats and are refused
+    number = int(value) if isinstance(value, float) and value.is_integer() else value
+    # bool is an int to Python, never to a user
+    if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+        raise SettingError(f"{name} must be a whole number from {low} to {high}, got {_shown(value)}")
+    return number
+
+
+def _number(name: str, value: object, low: int, high: int, unit: str) -> float:
+    # NaN fails every comparison, so the range check refuses it along with the infinities
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise SettingError(f"{name} must be a number from {low} to {high}{unit}, got {_shown(value)}")
+    return float(value)
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise SettingError(f"{name} must be one of {', '.join(choices)}, got {_shown(value)}")
+    return value
+
+
+def _shown(value: object) -> str:
+    """The value as a message shows it: a raw request may send a megabyte of text."""
+    return reprlib.repr(value)
+
 
 class SettingsStore:
+    """``settings.json`` in the data folder. A damaged file or a bad value never stops the app:
+    it is reported in ``problem`` (for the Settings tab) and in the log, the original is kept aside
+    as ``settings.damaged-*.json``, and defaults stand in for what could not be read."""
+
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / "settings.json"
+        self.problem = ""  # what went wrong reading the file; kept until a save writes a good one
 
     def load(self) -> UiSettings:
-        if not self.path.exists():
-            return UiSettings()
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            if not isinstance(raw, dict):
-                raise ValueError("expected a JSON object")
-            known = {f.name for f in fields(UiSettings)}
-            settings = UiSettings(**{k: v for k, v in raw.items() if k in known})
-            if settings.image_format not in FORMATS or settings.theme not in ("light", "dark"):
-                raise ValueError(f"unknown image format {settings.image_format!r} or theme {settings.theme!r}")
-            float(settings.ram_budget_gb), int(settings.max_models)
-            return settings
-        except (OSError, ValueError, TypeError) as exc:
-            # Keep the damaged file for the user to look at (never over an earlier one); use defaults.
-            aside = self.path.with_name(f"settings.damaged-{time.strftime('%Y%m%d-%H%M%S')}.json")
-            number = 2
-            while aside.exists():
-                aside = aside.with_name(f"settings.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{number}.json")
-                number += 1
-            log.error("settings file %s is damaged (%s); moved it to %s", self.path, exc, aside)
-            os.replace(self.path, aside)
+            raw = self._read()
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
+            self._set_aside(f"could not be read ({exc})")
             return UiSettings()
+        kept: dict[str, Any] = {}  # each value checked by check_setting
+        refused = []
+        for name in (f.name for f in fields(UiSettings)):
+            if name in raw:
+                try:
+                    kept[name] = check_setting(name, raw[name])
+                except SettingError as exc:
+                    refused.append(str(exc))
+        settings = UiSettings(**kept)
+        # with the original aside, the good values are written back so the next start keeps them
+        if refused and self._set_aside(f"had bad values ({'; '.join(refused)}); defaults are used for those"):
+            self._write_repaired(settings)
+        return settings
+
+    def _read(self) -> dict[str, Any]:
+        """The file's JSON object; empty when there is no file. OSError or ValueError when damaged."""
+        if not self.path.exists():
+            return {}
+        with open(self.path, "rb") as file:
+            content = file.read(MAX_SETTINGS_BYTES + 1)
+        if len(content) > MAX_SETTINGS_BYTES:
+            raise ValueError(f"larger than {MAX_SETTINGS_BYTES} bytes")
+        raw = json.loads(content.decode("utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("expected a JSON object")
+        return raw
+
+    def _set_aside(self, what_happened: str) -> bool:
+        """Report the file's problem and move it aside (never over an earlier one); False if it could not move."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"settings.damaged-{stamp}.json")
+        for number in itertools.count(2):
+            if not aside.exists():
+                break
+            aside = self.path.with_name(f"settings.damaged-{stamp}-{number}.json")
+        moved = True
+        try:
+            os.replace(self.path, aside)
+            self.problem = f"Your settings file {what_happened}; it was moved to {aside.name}."
+        except OSError as exc:  # a read-only data folder: still start, with defaults
+            self.problem = f"Your settings file {what_happened}; it could not be moved aside ({exc})."
+            moved = False
+        log.error("%s (%s)", self.problem, self.path)
+        return moved
+
+    def _write_repaired(self, settings: UiSettings) -> None:
+        """Keep the good values for the next start; the original is already aside."""
+        try:
+            self._write(settings)
+        except OSError as exc:
+            log.error("could not write the repaired settings to %s: %s", self.path, exc)
 
     def save(self, settings: UiSettings) -> None:
+        """Write the settings; a good file is there now, so a problem found at load is over."""
+        self._write(settings)
+        self.problem = ""
+
+    def _write(self, settings: UiSettings) -> None:
         """Atomic write: a crash leaves the old file or the new one, never half of one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(asdict(settings), indent=2)
-        with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, encoding="utf-8") as temp:
-            temp.write(text)
-            temp.flush()
-            os.fsync(temp.fileno())
+        text = json.dumps(asdict(settings), indent=2, allow_nan=False)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=self.path.parent, prefix=".settings-", delete=False, encoding="utf-8"
+        ) as temp:
+            try:
+                temp.write(text)
+                temp.flush()
+                os.fsync(temp.fileno())
+            except BaseException:
+                Path(temp.name).unlink(missing_ok=True)
+                raise
         os.replace(temp.name, self.path)
 
 
