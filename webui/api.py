@@ -26,7 +26,7 @@ from PIL import Image, PngImagePlugin
 from pipelines import infotext, samplers
 from pipelines.engine import Engine, Job, Result
 from pipelines.errors import AtelierError, BadRequest, QueueFull
-from pipelines.outputs import image_metadata
+from pipelines.outputs import UNREADABLE, image_metadata
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
 from presets.store import PresetError, PresetLibrary
 
@@ -366,7 +366,10 @@ def _add_info_routes(router: APIRouter, engine: Engine, library: PresetLibrary, 
             image = decode_image(payload.get("image"), "image")
         except BadRequest as exc:
             return error(422, "BadRequest", str(exc))
-        items = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if isinstance(v, str)}
+        try:
+            items = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if isinstance(v, str)}
+        except UNREADABLE:  # damaged chunks: image_metadata below names them as unreadable
+            items = {}
         text = image_metadata(image).get("parameters", "")
         parameters = infotext.parse_infotext(text) if text else {}
         if parameters:  # A1111's /png-info names the prompts "Prompt" and "Negative prompt"

@@ -11,7 +11,7 @@ import gradio as gr
 from PIL import Image
 
 from pipelines import infotext
-from pipelines.outputs import read_metadata
+from pipelines.outputs import UNREADABLE, read_metadata
 
 from .presets_ui import fill_fields
 from .widgets import GenerationWidgets, grid_size
@@ -57,7 +57,7 @@ def text_chunks(path: str) -> str:
     try:
         with Image.open(path) as image:
             chunks = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if k != "atelier"}
-    except (OSError, ValueError, SyntaxError) as exc:
+    except UNREADABLE as exc:
         return f"Not a readable image: {exc}"
     return json.dumps(chunks, indent=2, ensure_ascii=False)[:20_000] if chunks else ""
 
