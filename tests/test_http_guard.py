@@ -20,7 +20,7 @@ import gradio as gr
 import httpx
 import pytest
 import webuiapi
-from conftest import free_port
+from conftest import WarningRecords, free_port
 from gradio_client import Client
 
 import launch
@@ -44,15 +44,6 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def _serve(root: Path, *extra: str) -> Server:
     (root / "models").mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -66,7 +57,7 @@ def _serve(root: Path, *extra: str) -> Server:
         kwargs["server_name"] = "127.0.0.1"  # never expose a test server, whatever --listen asks for
         return original_launch(self, *args, **kwargs)
 
-    records = _Records()
+    records = WarningRecords()
     logging.getLogger("atelier").addHandler(records)
     logging.getLogger("webui").addHandler(records)
     try:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import gradio as gr
 import httpx
 import pytest
-from conftest import free_port
+from conftest import WarningRecords, free_port
 from gradio_client import Client
 from gradio_client.exceptions import AppError, AuthenticationError
 from PIL import Image
@@ -59,15 +59,6 @@ class Server:
         return self.root / "outputs"
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def _serve(root: Path, *extra: str) -> Server:
     """``launch.serve`` with the given flags, capturing its warnings and the host it asked for."""
     (root / "models").mkdir(parents=True)
@@ -85,7 +76,7 @@ def _serve(root: Path, *extra: str) -> Server:
         kwargs["server_name"] = "127.0.0.1"  # never expose a test server, whatever --listen asks for
         return original_launch(self, *args, **kwargs)
 
-    records = _Records()
+    records = WarningRecords()
     logger = logging.getLogger("atelier")
     logger.addHandler(records)
     try:
