@@ -50,13 +50,15 @@ class ApiState:
     """What the API remembers between calls: fields already reported as ignored, and who started
     which running REST job (with --auth, a REST user may stop and watch only its own jobs)."""
 
-    def __init__(self, shared: bool) -> None:
+    def __init__(self, per_user: bool) -> None:
         self.ignored: set[str] = set()
-        self.shared = shared  # no --auth: one anonymous user, who may stop any job (A1111's behaviour)
+        # With --auth each user has their own jobs; without it there is one anonymous user, who may stop
+        # any job (A1111's behaviour).
+        self.per_user = per_user
         self.owners: dict[str, str | None] = {}  # REST job id -> the user that started it
 
     def owns(self, user: str | None, job: Job) -> bool:
-        return not self.shared or (job.id in self.owners and self.owners[job.id] == user)
+        return not self.per_user or (job.id in self.owners and self.owners[job.id] == user)
 
     def note_ignored(self, payload: dict[str, Any]) -> None:
         new = sorted(set(payload) - USED - self.ignored)
@@ -207,7 +209,7 @@ def mount_api(
     """Add the routes to Gradio's FastAPI app (they do not pass Gradio's login: basic auth guards them)."""
     guard = _auth_guard(users, brake or LoginBrake())
     router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(guard)])
-    state = ApiState(shared=bool(users))
+    state = ApiState(per_user=bool(users))
 
     def generate(mode: str) -> Callable[..., Any]:
         async def route(request: Request, user: str | None = Depends(guard)) -> Any:
