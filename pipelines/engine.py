@@ -155,13 +155,21 @@ class Engine:
     def warm_up(self) -> None:
         """Build the tokenizer, load the default model and run it once for one step, so that the
         first picture anyone asks for costs what every later one does (torch's first call on a
-        model sets up kernels and memory pools: seconds on a CPU)."""
+        model sets up kernels and memory pools: seconds on a CPU). The run is nobody's job: it is
+        not queued, shown in progress, or stopped by anyone's Stop."""
         self.count_tokens("")
-        model = self.load()
-        if "txt2img" in model.modes:  # an inpainting checkpoint has no text-to-image view to run
-            side = max(64, min(model.native_size, 256) // 64 * 64)  # warm, not slow, for big models on a CPU
-            self.generate(Txt2Img(prompt="", steps=1, width=side, height=side, model=model.name))
-        log.info("model %s is loaded and warm", model.name)
+        name = self.default_model
+        self.manager.fetch(name)
+        self._device_thread.submit(self._warm_now, name).result()
+
+    def _warm_now(self, name: str) -> None:
+        with self._device_lock:
+            model = self.manager.get(name)
+            if "txt2img" in model.modes:  # an inpainting checkpoint has no text-to-image view to run
+                side = max(64, min(model.native_size, 256) // 64 * 64)  # warm, not slow, for big models on a CPU
+                request = Txt2Img(prompt="", steps=1, width=side, height=side, model=name)
+                self._run(request, [], Job(), None, 0, time.perf_counter(), save=False)
+        log.info("model %s is loaded and warm", name)
 
     def _load_now(self, name: str) -> LoadedModel:
         with self._device_lock:
