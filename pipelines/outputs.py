@@ -23,6 +23,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from .files import free_name
+
 log = logging.getLogger(__name__)
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -151,7 +153,7 @@ class OutputStore:
         if relative is None or relative.suffix.lower() not in SUFFIXES or TRASH in relative.parts:
             raise ValueError(f"{path} is not an image in the outputs folder")
         source = self.root / relative
-        target = self._free_name(self.root / TRASH / relative)
+        target = free_name(self.root / TRASH / relative)
         self._move(source, target)
         self._prompts.pop(source, None)
         return target
@@ -161,7 +163,7 @@ class OutputStore:
         relative = self._relative(trashed)
         if relative is None or relative.parts[:1] != (TRASH,) or relative.suffix.lower() not in SUFFIXES:
             raise ValueError(f"{trashed} is not an image in the trash folder")
-        target = self._free_name(self.root.joinpath(*relative.parts[1:]))
+        target = free_name(self.root.joinpath(*relative.parts[1:]))
         self._move(self.root / relative, target)
         return target
 
@@ -179,14 +181,6 @@ class OutputStore:
         if self._relative(folder) is None or not folder.is_dir():
             return []
         return sorted((p for p in folder.rglob("*") if p.is_file() and self._relative(p) is not None), reverse=True)
-
-    @staticmethod
-    def _free_name(path: Path) -> Path:
-        candidate, index = path, 1
-        while candidate.exists():
-            candidate = path.with_name(f"{path.stem}-{index}{path.suffix}")
-            index += 1
-        return candidate
 
 
 def _claim(temp_path: Path, target: Path) -> None:

@@ -15,7 +15,6 @@ import contextlib
 import copy
 import csv
 import io
-import itertools
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
+from pipelines.files import damaged_name
 from presets.validation import (
     MAX_FILE_BYTES,
     MAX_PRESETS,
@@ -315,7 +315,7 @@ class PresetLibrary:
         return clean
 
     def _set_aside_damaged(self, exc: Exception, from_backup: bool) -> dict[str, Any]:
-        aside = self._free_aside_name()
+        aside = damaged_name(self.path)
         os.replace(self.path, aside)
         self.problem = f"Your presets file was damaged ({exc}); it was moved to {aside.name}."
         log.error(self.problem)
@@ -327,7 +327,7 @@ class PresetLibrary:
 
     def _keep_good_entries(self, clean: dict[str, Any], refused: list[str]) -> None:
         """Copy the file aside as it is, then write only its good entries (once: the next read is clean)."""
-        aside = self._free_aside_name()
+        aside = damaged_name(self.path)
         shutil.copy2(self.path, aside)
         self._write(clean, backup=False)  # the .bak stays the last good copy; this one is kept aside
         self.problem = (
@@ -335,15 +335,6 @@ class PresetLibrary:
             f"({summarise(refused)}); the file as it was is kept as {aside.name}."
         )
         log.error(self.problem)
-
-    def _free_aside_name(self) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"presets.damaged-{stamp}.json")
-        for n in itertools.count(2):
-            if not aside.exists():
-                break
-            aside = self.path.with_name(f"presets.damaged-{stamp}-{n}.json")
-        return aside
 
     def _write(self, data: dict[str, Any], limit: int | None = None, backup: bool = True) -> None:
         # encoded before any file exists, so text that cannot be written leaves nothing behind

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import reprlib
 import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pipelines.engine import Job
+from pipelines.files import damaged_name
 from pipelines.outputs import FORMATS
 
 log = logging.getLogger(__name__)
@@ -135,12 +134,7 @@ class SettingsStore:
 
     def _set_aside(self, what_happened: str) -> bool:
         """Report the file's problem and move it aside (never over an earlier one); False if it could not move."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"settings.damaged-{stamp}.json")
-        for number in itertools.count(2):
-            if not aside.exists():
-                break
-            aside = self.path.with_name(f"settings.damaged-{stamp}-{number}.json")
+        aside = damaged_name(self.path)
         moved = True
         try:
             os.replace(self.path, aside)
