@@ -8,6 +8,7 @@ real clients that must keep working: ``webuiapi``, ``gradio_client`` and a same-
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -187,6 +188,52 @@ def test_an_upload_of_too_many_files_is_refused_with_a_reason(open_server: Serve
     assert "too many files" in refused.text.lower() and "at most" in refused.text
     few = httpx.post(url, files=[("files", (f"f{i}.txt", b"x")) for i in range(3)], timeout=TIMEOUT)
     assert few.status_code == 200 and len(few.json()) == 3
+
+
+def test_an_upload_over_the_cap_that_arrives_in_one_piece_is_refused_once() -> None:
+    """A small body with many files comes in one message: the app behind must never read it, and the
+    client gets one answer, the 413."""
+    from webui.guard import HttpGuard, build_policy
+
+    read: list[bytes] = []
+
+    async def upload_route(scope: Any, receive: Any, send: Any) -> None:  # reads the body as Gradio's route does
+        message = await receive()
+        if message["type"] == "http.request":
+            read.append(message.get("body", b""))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"stored"})
+
+    body = b"".join(
+        b'--cut\r\nContent-Disposition: form-data; name="files"; filename="f.txt"\r\n\r\nx\r\n' for _ in range(50)
+    )
+    body += b"--cut--\r\n"
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/upload", "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"127.0.0.1:7860"), (b"content-type", b"multipart/form-data; boundary=cut"),
+                         (b"content-length", str(len(body)).encode())]}  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    guard = HttpGuard(upload_route, policy=build_policy(False, [], [], login_required=False))
+    asyncio.run(guard(scope, receive, send))
+    starts = [message["status"] for message in sent if message["type"] == "http.response.start"]
+    assert starts == [413]
+    assert read == []
+
+
+def test_guesses_sent_in_parallel_get_no_more_tries_than_guesses_in_a_row() -> None:
+    from webui.guard import FREE_FAILURES, LoginBrake
+
+    brake = LoginBrake(clock=lambda: 1000.0)  # all at one moment, as a burst of parallel requests
+    admitted = [brake.admit("203.0.113.7") == 0 for _ in range(50)]  # none answered yet
+    assert sum(admitted) == FREE_FAILURES
+    brake.succeeded("203.0.113.7")  # the right password, among the admitted: the address starts afresh
+    assert brake.admit("203.0.113.7") == 0
 
 
 # -- 10. a brake on password guessing --------------------------------------------------------------------------

@@ -46,6 +46,9 @@ USED = {"prompt", "negative_prompt", "styles", "seed", "sampler_name", "sampler_
         *RENAMED}  # fmt: skip
 
 
+_NOBODY = object()  # the owner of a job no REST call started
+
+
 class ApiState:
     """What the API remembers between calls: fields already reported as ignored, and who started
     which running REST job (with --auth, a REST user may stop and watch only its own jobs)."""
@@ -58,7 +61,8 @@ class ApiState:
         self.owners: dict[str, str | None] = {}  # REST job id -> the user that started it
 
     def owns(self, user: str | None, job: Job) -> bool:
-        return not self.per_user or (job.id in self.owners and self.owners[job.id] == user)
+        # one lookup: the job may finish (and leave ``owners``) on the event loop meanwhile
+        return not self.per_user or self.owners.get(job.id, _NOBODY) == user
 
     def note_ignored(self, payload: dict[str, Any]) -> None:
         new = sorted(set(payload) - USED - self.ignored)
@@ -281,20 +285,22 @@ def _auth_guard(users: list[tuple[str, str]], brake: LoginBrake) -> Callable[...
     def guard(request: Request) -> str | None:
         if not accounts:
             return None
+        login_needed = HTTPException(
+            401, "this server needs a user name and password", {"WWW-Authenticate": 'Basic charset="UTF-8"'}
+        )
+        if "authorization" not in request.headers:  # a first call without credentials is no guess
+            raise login_needed
         address = client_address(request.scope)
-        wait = brake.wait_left(address)
+        wait = brake.admit(address)
         if wait > 0:
             detail, seconds = too_many_failures(address, wait)
             raise HTTPException(429, detail, {"Retry-After": str(seconds)})
-        given = _basic_credentials(request.headers.get("authorization", ""))
+        given = _basic_credentials(request.headers["authorization"])
         if given is not None and any(_same(given, account) for account in accounts):
             brake.succeeded(address)
             return given[0].decode(errors="replace")
-        if given is not None or "authorization" in request.headers:  # a guess, not a first unauthenticated call
-            brake.failed(address, "REST API")
-        raise HTTPException(
-            401, "this server needs a user name and password", {"WWW-Authenticate": 'Basic charset="UTF-8"'}
-        )
+        brake.failed(address, "REST API")
+        raise login_needed
 
     return guard
 

@@ -46,29 +46,34 @@ _NO_API_INFO = rb'\1{"named_endpoints": {}, "unnamed_endpoints": {}}\2'
 class LoginBrake:
     """Failed logins per client address: after ``FREE_FAILURES`` in a row, the next attempt from that
     address is answered only after 1 s, then 2 s, 4 s ... (up to ``MAX_LOGIN_DELAY``). Attempts in the
-    wait are refused unheard, right password or not, so guessing in parallel gains nothing."""
+    wait are refused unheard, right password or not, and an attempt counts from the moment it is let
+    through, so guesses sent in parallel get no more tries than guesses sent one by one."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._failures: dict[str, tuple[int, float]] = {}  # address -> (failures in a row, when the last was)
         self._lock = threading.Lock()  # REST auth runs in worker threads, the login form on the event loop
 
-    def wait_left(self, address: str) -> float:
-        """Seconds before ``address`` may try again (0: now)."""
-        with self._lock:
-            count, last = self._failures.get(address, (0, 0.0))
-        if count < FREE_FAILURES:
-            return 0.0
-        return max(0.0, last + _delay(count) - self._clock())
-
-    def failed(self, address: str, what: str) -> None:
+    def admit(self, address: str) -> float:
+        """Seconds ``address`` must still wait (its attempt is refused unheard), or 0: the attempt goes
+        ahead and counts as a failure until ``succeeded`` clears it, so guesses sent in parallel are
+        all counted before any of them is answered."""
         now = self._clock()
         with self._lock:
             count, last = self._failures.get(address, (0, now))
-            count = 1 if now - last > FORGET_FAILURES_AFTER else count + 1
-            self._failures[address] = (count, now)
+            if now - last > FORGET_FAILURES_AFTER:
+                count = 0
+            if count >= FREE_FAILURES and (wait := last + _delay(count) - now) > 0:
+                return wait
+            self._failures[address] = (count + 1, now)
             if len(self._failures) > 4096:  # a scan from many addresses must not grow this for ever
                 self._forget_older_than(now - FORGET_FAILURES_AFTER)
+        return 0.0
+
+    def failed(self, address: str, what: str) -> None:
+        """Log an admitted attempt that failed (``admit`` has counted it already)."""
+        with self._lock:
+            count = self._failures.get(address, (0, 0.0))[0]
         wait = f"; its next attempt waits {_delay(count):.0f} s" if count >= FREE_FAILURES else ""
         log.warning("failed login (%s) from %s: %d in a row%s", what, address, count, wait)
 
@@ -231,7 +236,7 @@ class HttpGuard:
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
         address = client_address(scope)
-        wait = self.policy.brake.wait_left(address)
+        wait = self.policy.brake.admit(address)
         if wait > 0:
             detail, seconds = too_many_failures(address, wait)
             await _send_error(send, 429, "TooManyFailedLogins", detail, seconds)
@@ -251,20 +256,31 @@ class HttpGuard:
         counter = _PartCounter(headers.get("content-type", ""))
         limit = self.policy.max_upload_files
 
+        answered = False
+
         async def counted() -> Message:
             if counter.parts > limit:  # stop feeding the parser: it sees a client that left
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 counter.feed(message.get("body", b""))
+                if counter.parts > limit:  # this chunk went over: the parser never gets it
+                    return {"type": "http.disconnect"}
             return message
 
+        async def sent(message: Message) -> None:
+            nonlocal answered
+            if counter.parts > limit:  # the 413 below answers instead of whatever the app says
+                return
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, counted, send)
+            await self.app(scope, counted, sent)
         except Exception:
             if counter.parts <= limit:
                 raise
-        if counter.parts > limit:
+        if counter.parts > limit and not answered:
             detail = f"too many files in one upload: at most {limit} per request; upload them in smaller groups"
             await _send_error(send, 413, "TooManyFiles", detail)
 
