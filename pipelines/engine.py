@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from . import catalog, images, infotext, loading, preview, samplers
-from .errors import BadRequest, Interrupted, OutOfMemory, QueueFull
+from .errors import BadRequest, Interrupted, OutOfMemory, QueueFull, ShuttingDown
 from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
@@ -150,7 +150,7 @@ class Engine:
         """
         name = name or self.default_model
         self.manager.fetch(name, progress)
-        return self._device_thread.submit(self._load_now, name).result()
+        return self._on_device(self._load_now, name).result()
 
     def warm_up(self) -> None:
         """Build the tokenizer, load the default model and run it once for one step, so that the
@@ -160,16 +160,29 @@ class Engine:
         self.count_tokens("")
         name = self.default_model
         self.manager.fetch(name)
-        self._device_thread.submit(self._warm_now, name).result()
+        self._on_device(self._warm_now, name).result()
 
     def _warm_now(self, name: str) -> None:
         with self._device_lock:
             model = self.manager.get(name)
-            if "txt2img" in model.modes:  # an inpainting checkpoint has no text-to-image view to run
-                side = max(64, min(model.native_size, 256) // 64 * 64)  # warm, not slow, for big models on a CPU
-                request = Txt2Img(prompt="", steps=1, width=side, height=side, model=name)
+            if "txt2img" not in model.modes or self.closed:  # an inpainting checkpoint has no text view
+                return
+            side = max(64, min(model.native_size, 256) // 64 * 64)  # warm, not slow, for big models on a CPU
+            request = Txt2Img(prompt="", steps=1, width=side, height=side, model=name)
+            try:
                 self._run(request, [], Job(), None, 0, time.perf_counter(), save=False)
+            except torch.OutOfMemoryError:
+                self.manager.unload()  # the first job loads it again, and reports the shortage itself
+                log.warning("not enough device memory to warm %s up; it is unloaded", name)
+                return
         log.info("model %s is loaded and warm", name)
+
+    def _on_device(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
+        """``work`` on the device thread; ``ShuttingDown`` once the engine is closed."""
+        try:
+            return self._device_thread.submit(work, *args)
+        except RuntimeError as exc:  # the executor refuses new work after close()
+            raise ShuttingDown("the server is stopping and takes no new jobs") from exc
 
     def _load_now(self, name: str) -> LoadedModel:
         with self._device_lock:
@@ -226,6 +239,8 @@ class Engine:
         queued = time.perf_counter()
         self.manager.fetch(request.model or self.default_model)  # downloads never hold the device
         with self._waiting_lock:
+            if self.closed:  # checked with the queue held: close() stops what waits under the same lock
+                raise ShuttingDown("the server is stopping and takes no new jobs")
             waiting = self._still_waiting()
             if len(waiting) >= self.settings.max_queue:
                 jobs = "1 job is" if len(waiting) == 1 else f"{len(waiting)} jobs are"
@@ -237,7 +252,11 @@ class Engine:
         # All device work runs on one thread: torch's OpenMP pools are per thread, and a dozen of them
         # (one per server worker that ever generated) made every step 2-3x slower on a small CPU.
         work = functools.partial(self._run, request, notes, job, on_progress, preview_every, queued, save)
-        future = self._device_thread.submit(self._generate_now, request, job, work)
+        try:
+            future = self._on_device(self._generate_now, request, job, work)
+        except ShuttingDown:
+            self._leave_queue(job)
+            raise
         future.add_done_callback(lambda _: self._leave_queue(job))
         return future
 

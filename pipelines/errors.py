@@ -52,6 +52,10 @@ class QueueFull(AtelierError):
     http_status = 503
 
 
+class ShuttingDown(QueueFull):
+    """The engine is closing (its server is stopping): it takes no new work."""
+
+
 class Interrupted(AtelierError):
     """The job was stopped by its owner. The unfinished batch is discarded; batches that finished
     before the stop are in ``job.images`` (and saved, when saving was asked for)."""

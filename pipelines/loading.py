@@ -36,6 +36,7 @@ DEMO_SEED = 20241125
 # generator. Their lazy modules are not safe to resolve from two threads either. So every import of
 # them and every model build in this process takes turns here: the lock is as wide as the state.
 _LIBRARIES = threading.RLock()
+_IMPORTED = threading.Event()  # set once import_libraries has run: later calls cost nothing
 # (done_bytes, total_bytes, what) while a model downloads.
 DownloadProgress = Callable[[int, int, str], None]
 
@@ -63,7 +64,11 @@ def import_libraries() -> None:
     """Import what loading and generating use from diffusers and transformers, on this thread and
     under the library lock, so no two threads ever resolve their lazy modules at once. The engine
     runs it first thing on its device thread; later calls return at once."""
+    if _IMPORTED.is_set():
+        return
     with _LIBRARIES:
+        if _IMPORTED.is_set():
+            return
         import diffusers
         import transformers
 
@@ -78,6 +83,8 @@ def import_libraries() -> None:
         for name in (*_PIPELINE_CLASSES, "UNet2DConditionModel", "AutoencoderKL", "DDPMScheduler", *schedulers):
             getattr(diffusers, name)
         import diffusers.loaders.peft  # from_pretrained reaches it lazily
+
+        _IMPORTED.set()
 
 
 def _route_library_logs(*libraries: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from conftest import pixels
 from PIL import Image
 
 from pipelines.engine import Engine, Job, Progress
-from pipelines.errors import BadRequest, Interrupted
+from pipelines.errors import BadRequest, Interrupted, ShuttingDown
 from pipelines.requests import Img2Img, Inpaint, Txt2Img
+from pipelines.settings import EngineSettings
 
 FAST = {"steps": 6, "width": 64, "height": 64}
 
@@ -284,3 +286,13 @@ def test_out_of_memory_is_a_clear_error_and_the_next_job_works(engine: Engine, m
         engine.generate(Txt2Img(prompt="too big", **FAST))
     assert engine.current_job is None and not engine.busy
     assert engine.generate(Txt2Img(prompt="fits", seed=1, **FAST)).images[0].size == (64, 64)
+
+
+def test_a_closed_engine_refuses_new_work_with_a_typed_error(tmp_path: Path) -> None:
+    closed = Engine(EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs"))
+    closed.close()  # what a stopping server does while requests may still arrive
+    with pytest.raises(ShuttingDown, match="stopping"):
+        closed.submit(Txt2Img(prompt="too late", steps=1, width=64, height=64))
+    with pytest.raises(ShuttingDown):
+        closed.load()
+    assert closed.queue_length == 0
