@@ -117,6 +117,7 @@ class PresetLibrary:
         self._builtin_negatives = [
             NegativePreset(**n, builtin=True) for n in _read_library("negatives.json", "negatives")
         ]
+        self._unrepaired: tuple[int, int] | None = None  # the file state a repair failed on
         self._user()  # read the user's file now, so what is wrong with it is known (and logged) at start
 
     # -- reading ----------------------------------------------------------------------------
@@ -310,13 +311,17 @@ class PresetLibrary:
         except (OSError, ValueError, PresetError) as exc:
             return self._set_aside_damaged(exc, from_backup)
         clean, refused = _sorted(data)
-        if refused:
+        if refused and _signature(self.path) != self._unrepaired:
             self._keep_good_entries(clean, refused)
         return clean
 
     def _set_aside_damaged(self, exc: Exception, from_backup: bool) -> dict[str, Any]:
         aside = damaged_name(self.path)
-        os.replace(self.path, aside)
+        try:
+            os.replace(self.path, aside)
+        except OSError as move_failed:  # a read-only data folder: start with no user presets, say why
+            self._report(f"Your presets file was damaged ({exc}) and could not be moved aside ({move_failed}).")
+            return _empty()
         self.problem = f"Your presets file was damaged ({exc}); it was moved to {aside.name}."
         log.error(self.problem)
         if self.backup.exists() and not from_backup:
@@ -326,15 +331,25 @@ class PresetLibrary:
         return _empty()
 
     def _keep_good_entries(self, clean: dict[str, Any], refused: list[str]) -> None:
-        """Copy the file aside as it is, then write only its good entries (once: the next read is clean)."""
-        aside = damaged_name(self.path)
-        shutil.copy2(self.path, aside)
-        self._write(clean, backup=False)  # the .bak stays the last good copy; this one is kept aside
-        self.problem = (
-            f"{len(refused)} preset(s) in your presets file could not be used and were left out "
-            f"({summarise(refused)}); the file as it was is kept as {aside.name}."
-        )
-        log.error(self.problem)
+        """Copy the file aside as it is, then write only its good entries (once: the next read is clean).
+        Where the folder cannot be written the file stays as it is, its good entries are still used,
+        and the repair is not tried again until the file changes."""
+        left_out = f"{len(refused)} preset(s) in your presets file could not be used and were left out"
+        try:
+            aside = damaged_name(self.path)
+            shutil.copy2(self.path, aside)
+            self._write(clean, backup=False)  # the .bak stays the last good copy; this one is kept aside
+        except OSError as exc:
+            self._unrepaired = _signature(self.path)
+            self._report(f"{left_out} ({summarise(refused)}); the file could not be repaired ({exc}).")
+            return
+        self._report(f"{left_out} ({summarise(refused)}); the file as it was is kept as {aside.name}.")
+
+    def _report(self, problem: str) -> None:
+        """Show ``problem`` on the page and log it, once however often the file is read."""
+        if problem != self.problem:
+            self.problem = problem
+            log.error(problem)
 
     def _write(self, data: dict[str, Any], limit: int | None = None, backup: bool = True) -> None:
         # encoded before any file exists, so text that cannot be written leaves nothing behind
@@ -361,6 +376,15 @@ class PresetLibrary:
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise PresetError(f"preset kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """What tells one state of a file from the next (None when it cannot be read)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 def _empty() -> dict[str, Any]:

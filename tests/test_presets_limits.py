@@ -147,6 +147,23 @@ def test_a_file_on_disk_with_bad_entries_loads_the_good_ones_and_keeps_the_origi
     assert _temp_files(tmp_path) == []
 
 
+def test_bad_entries_in_a_folder_that_cannot_be_written_still_start_with_the_good_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = _write_file(tmp_path, styles=[{"name": "Good", "prompt": "good {prompt}"}, {"name": "Bad", "prompt": 123}])
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError(30, "Read-only file system")  # as root, chmod cannot make one: refuse the copy
+
+    monkeypatch.setattr(store.shutil, "copy2", read_only)
+    library = PresetLibrary(tmp_path)
+    assert "Good" in [style.name for style in library.styles()]
+    assert "Bad" not in [style.name for style in library.styles()]
+    assert "could not be repaired" in library.problem
+    assert list(tmp_path.glob("presets*")) == [tmp_path / "presets.json"]  # no copy made on any of those reads
+    assert (tmp_path / "presets.json").read_bytes() == raw
+
+
 def test_too_many_presets_in_the_file_on_disk_keeps_the_first_ones(tmp_path: Path) -> None:
     styles = [{"name": f"S{i}", "prompt": "{prompt}"} for i in range(MAX_PRESETS + 3)]
     raw = _write_file(tmp_path, styles=styles)
