@@ -117,7 +117,9 @@ class PresetLibrary:
         self._builtin_negatives = [
             NegativePreset(**n, builtin=True) for n in _read_library("negatives.json", "negatives")
         ]
-        self._unrepaired: tuple[int, int] | None = None  # the file state a repair failed on
+        self._unrepaired: FileState | None = None  # the file state a repair failed on
+        self._read_state: FileState | None = None  # the file state ``_read_data`` was read from
+        self._read_data: dict[str, Any] = {}
         self._user()  # read the user's file now, so what is wrong with it is known (and logged) at start
 
     # -- reading ----------------------------------------------------------------------------
@@ -128,7 +130,7 @@ class PresetLibrary:
         return _merged(copy.deepcopy(self._builtin_negatives), [NegativePreset(**n) for n in self._user()["negatives"]])
 
     def saved(self) -> list[SavedSettings]:
-        return [SavedSettings(**s) for s in self._user()["settings"]]
+        return [SavedSettings(**copy.deepcopy(s)) for s in self._user()["settings"]]
 
     @overload
     def get(self, kind: Literal["style"], name: str) -> Style: ...
@@ -240,7 +242,7 @@ class PresetLibrary:
     # -- exchange ---------------------------------------------------------------------------
     def export_bundle(self) -> dict[str, Any]:
         """The user's presets as one JSON-able bundle (the same schema as the file)."""
-        return self._user()
+        return copy.deepcopy(self._user())
 
     def import_bundle(self, bundle: Any, overwrite: bool = False) -> ImportReport:
         """Add presets from a bundle; existing names are kept unless ``overwrite``.
@@ -288,10 +290,17 @@ class PresetLibrary:
 
     # -- the file ---------------------------------------------------------------------------
     def _user(self) -> dict[str, Any]:
+        """The user's presets, checked; read again only when the file has changed. The page asks at
+        every keystroke (the preview composes the chosen styles), and every save puts a new file in
+        place, so the file's identity says when the copy in hand is stale. Callers do not change it."""
         # the file lock too: a reader that finds the file damaged moves it aside, which must not race
         # another reader doing the same, or a writer that has just put a good file in its place
         with self._lock, _file_lock(self.path):
-            return self._read()
+            state = _signature(self.path)
+            if state is None or state != self._read_state:
+                self._read_data = self._read()
+                self._read_state = _signature(self.path)  # reading may have repaired or replaced it
+            return self._read_data
 
     def _change(self, change: Callable[[dict[str, Any]], None]) -> None:
         """Read, change and write the file as one step, so concurrent saves never lose each other."""
@@ -378,13 +387,17 @@ def _check_kind(kind: str) -> None:
         raise PresetError(f"preset kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
-def _signature(path: Path) -> tuple[int, int] | None:
-    """What tells one state of a file from the next (None when it cannot be read)."""
+FileState = tuple[int, int, int]
+
+
+def _signature(path: Path) -> FileState | None:
+    """What tells one state of a file from the next (None when it cannot be read): a save renames a
+    new file into place, so the inode changes even within one tick of the clock."""
     try:
         info = path.stat()
     except OSError:
         return None
-    return info.st_mtime_ns, info.st_size
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def _empty() -> dict[str, Any]:
