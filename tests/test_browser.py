@@ -86,7 +86,11 @@ def test_generate_shows_the_image_and_the_gallery_keeps_it(page: Any) -> None:
     assert "a red star on a cream background" in page.locator("#txt2img-infotext textarea").input_value()
     page.get_by_role("tab", name="Gallery").click()
     page.wait_for_selector("#gallery-grid img[src*='gradio_api/file=']", timeout=30_000)
-    page.get_by_text("1 image · page 1 of 1").wait_for(timeout=10_000)
+    # Other tests on this server may have saved pictures too (any order): find this one by its prompt.
+    search = page.get_by_label("Search prompts")
+    search.fill("red star on a cream")
+    search.press("Enter")
+    page.get_by_text("1 image matching “red star on a cream” · page 1 of 1").wait_for(timeout=10_000)
     _shot(page, "03-gallery")
 
 
