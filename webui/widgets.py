@@ -44,7 +44,8 @@ class GenerationWidgets:
 
 def grid_size(size: tuple[int, int]) -> tuple[int, int]:
     """A picture's size on the 8-pixel grid, within the size sliders' range."""
-    return tuple(max(64, min(2048, side // 8 * 8)) for side in size)  # type: ignore[return-value]
+    width, height = (max(64, min(2048, side // 8 * 8)) for side in size)
+    return width, height
 
 
 def token_text(engine: Engine, text: str) -> str:
