@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -171,3 +172,19 @@ def test_good_values_are_kept_in_their_stored_type() -> None:
 def test_engine_settings_refuse_a_budget_that_is_not_a_byte_count(budget: Any) -> None:
     with pytest.raises(ValueError, match="ram_budget_bytes"):
         EngineSettings(ram_budget_bytes=budget)
+
+
+def test_the_page_reports_a_settings_file_it_cannot_move_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, engine: Engine
+) -> None:
+    store = SettingsStore(tmp_path)
+    store.path.write_text('{"ram_budget_gb": NaN}')
+
+    def refuse(*args: Any) -> None:
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr("webui.state.os.replace", refuse)
+    with caplog.at_level(logging.ERROR, logger="webui.state"):
+        build_studio(engine, store, PresetLibrary(tmp_path))
+    reports = [record for record in caplog.records if "settings file" in record.getMessage()]
+    assert len(reports) == 1, [record.getMessage() for record in reports]

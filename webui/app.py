@@ -85,7 +85,8 @@ def build_app(engine: Engine, settings: SettingsStore, library: PresetLibrary) -
 
 
 def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary) -> Studio:
-    apply_settings(engine, settings.load())
+    saved = settings.load()  # read once: a bad file is reported once
+    apply_settings(engine, saved)
     jobs = JobBoard()
     # Gradio copies every shown picture into its cache; clear copies older than an hour.
     with gr.Blocks(title="Atelier", delete_cache=(1800, 3600), analytics_enabled=False) as app:
@@ -104,7 +105,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
             with gr.Tab(TAB_LABELS[5], id="pnginfo"):
                 png_info_area = gr.Column()
             with gr.Tab(TAB_LABELS[6], id="settings") as settings_tab:
-                theme, cache_table = build_settings_tab(engine, settings)
+                theme, cache_table = build_settings_tab(engine, settings, saved)
         generation_tabs = {w.mode: w for w in (txt2img, img2img, inpaint)}
         with png_info_area:  # built after the tabs it sends to exist
             build_png_info_tab(tabs, list(generation_tabs.values()))

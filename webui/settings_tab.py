@@ -61,9 +61,9 @@ def loaded_table(engine: Engine) -> list[list[Any]]:
     return rows
 
 
-def build_settings_tab(engine: Engine, store: SettingsStore) -> tuple[gr.Radio, gr.Dataframe]:
-    """Returns the theme control (applied when the page loads) and the cache table (refreshed on view)."""
-    saved = store.load()
+def build_settings_tab(engine: Engine, store: SettingsStore, saved: UiSettings) -> tuple[gr.Radio, gr.Dataframe]:
+    """``saved``: the settings the page starts with (the engine already runs with them). Returns the
+    theme control (applied when the page loads) and the cache table (refreshed on view)."""
     status = engine.status()
     with gr.Row(equal_height=False):
         with gr.Column():
