@@ -98,13 +98,40 @@ def _route_library_logs(*libraries: Any) -> None:
         library.utils.logging.enable_propagation()
         library.utils.logging.disable_progress_bar()
     logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+    logging.getLogger("diffusers.models.modeling_utils").addFilter(_without_empty_float32_notes)
 
 
-_PIPELINE_CLASSES = (
-    "AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting",
-    "StableDiffusionPipeline", "StableDiffusionInpaintPipeline",
-    "StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline",
-)  # fmt: skip
+def _without_empty_float32_notes(record: logging.LogRecord) -> bool:
+    """diffusers warns at every ``to(dtype=...)`` that "modules ... should be kept in float32: []"
+    even when the list is empty, so each mode view (``from_pipe`` casts to the model's dtype) would
+    log two false warnings. Notes with modules named still pass."""
+    return "should be kept in float32: []." not in str(record.msg)
+
+
+# Each family's pipeline class per mode. Named here rather than found through diffusers' AutoPipeline,
+# whose lookup tables import every pipeline diffusers has (Kandinsky, ControlNet, ...): a second of
+# start-up for classes Atelier never runs.
+VIEW_CLASSES = {
+    "sd": {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+           "inpaint": "StableDiffusionInpaintPipeline"},
+    "sdxl": {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
+             "inpaint": "StableDiffusionXLInpaintPipeline"},
+}  # fmt: skip
+_PIPELINE_CLASSES = tuple(name for views in VIEW_CLASSES.values() for name in views.values())
+
+
+def pipeline_class(class_name: str, source: str) -> Any:
+    """The class a diffusers folder is loaded with: its family's text-to-image pipeline, or the
+    inpainting one for inpainting models. Other kinds of model are refused by name."""
+    import diffusers
+
+    family = "sdxl" if class_name.startswith("StableDiffusionXL") else "sd"
+    if class_name not in {name for views in VIEW_CLASSES.values() for name in views.values()}:
+        raise ModelRefused(
+            source,
+            f"it is a {class_name or 'model of unknown kind'}; Atelier runs Stable Diffusion 1.x, 2.x and XL models",
+        )
+    return getattr(diffusers, VIEW_CLASSES[family]["inpaint" if "Inpaint" in class_name else "txt2img"])
 
 
 def check_complete(pipe: Any, name: str) -> Any:
@@ -194,8 +221,6 @@ def native_size(entry: Any) -> int:
 def load_folder(path: Path, dtype: torch.dtype) -> Any:
     """A diffusers-format folder (``model_index.json`` at its top), safetensors weights only."""
     import_libraries()
-    from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
-
     if not (path / "model_index.json").is_file():
         raise ModelUnavailable(path.name, f"{path} has no model_index.json, so it is not a diffusers model folder")
     pickles = [p.name for p in path.glob("*/*") if p.suffix in PICKLE_SUFFIXES]
@@ -205,10 +230,10 @@ def load_folder(path: Path, dtype: torch.dtype) -> Any:
         index = json.loads((path / "model_index.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(path.name, f"its model_index.json cannot be read ({exc})") from exc
-    auto = AutoPipelineForInpainting if "Inpaint" in index.get("_class_name", "") else AutoPipelineForText2Image
+    loader = pipeline_class(str(index.get("_class_name", "")), path.name)
     try:
         with _LIBRARIES:
-            pipe = auto.from_pretrained(
+            pipe = loader.from_pretrained(
                 path, dtype=dtype, use_safetensors=True, local_files_only=True, **_without_safety_checker(index)
             )
     except (OSError, ValueError, KeyError) as exc:
@@ -283,13 +308,12 @@ def load_hub(repo_id: str, dtype: torch.dtype, progress: DownloadProgress | None
     """
     folder = fetch_hub(repo_id, dtype, progress)  # outside the library lock: a download may take an hour
     import_libraries()
-    from diffusers import AutoPipelineForText2Image
-
     variant = "fp16" if dtype == torch.float16 and list(Path(folder).glob("unet/*.fp16.safetensors")) else None
     try:
         index = json.loads((Path(folder) / "model_index.json").read_text())
+        loader = pipeline_class(str(index.get("_class_name", "")), repo_id)
         with _LIBRARIES:
-            pipe = AutoPipelineForText2Image.from_pretrained(
+            pipe = loader.from_pretrained(
                 folder, dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True,
                 **_without_safety_checker(index),
             )  # fmt: skip

@@ -28,12 +28,6 @@ from .settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
-_MODE_CLASSES = {
-    "txt2img": "AutoPipelineForText2Image",
-    "img2img": "AutoPipelineForImage2Image",
-    "inpaint": "AutoPipelineForInpainting",
-}
-
 
 @dataclass
 class ModelStats:
@@ -167,9 +161,9 @@ class PipelineManager:
             raise BadRequest(
                 f"{model.name} is an inpainting checkpoint: use it in inpaint mode, or pick a regular model for {mode}"
             )
-        auto = getattr(diffusers, _MODE_CLASSES[mode])
+        views = loading.VIEW_CLASSES["sdxl" if model.family == "sdxl" else "sd"]
         # dtype passed on purpose: some from_pipe paths cast shared modules to float32 otherwise.
-        pipe = auto.from_pipe(model.pipe, scheduler=scheduler, dtype=self.dtype)
+        pipe = getattr(diffusers, views[mode]).from_pipe(model.pipe, scheduler=scheduler, dtype=self.dtype)
         pipe.set_progress_bar_config(disable=True)
         if self.settings.offload == "model" and self.device.type != "cpu":
             pipe.enable_model_cpu_offload(device=self.device)
