@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " pages elsewhere are refused (repeatable)",
     )
     web.add_argument("--queue-size", type=int, default=64, help="jobs that may wait for the GPU at once")
+    web.add_argument(
+        "--image-url-allow",
+        default="",
+        metavar="HOST[,HOST]",
+        help="hosts a prompt's {image:https://...} may fetch a reference from; '*' = any public address (never"
+        " this machine or its network unless the host is named); default: links are refused",
+    )
     folders = parser.add_argument_group("folders")
     folders.add_argument("--models-dir", type=Path, default=Path("models"), help="checkpoints and diffusers folders")
     folders.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where images are saved")
@@ -96,6 +103,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         offload=offload,
         max_models=args.max_models,
         max_queue=args.queue_size,
+        image_url_allow=args.image_url_allow,
     )
     return Engine(settings)
 

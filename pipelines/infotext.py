@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import samplers
-from .requests import MASKED_CONTENT, Img2Img, Inpaint, Txt2Img
+from .requests import MASKED_CONTENT, REFERENCE_MODES, Img2Img, Inpaint, Txt2Img
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,15 @@ _INTS = {
     "Mask blur": "mask_blur",
     "Masked area padding": "only_masked_padding",
 }
-_FLOATS = {"CFG scale": "cfg_scale", "Denoising strength": "denoising_strength"}
+_FLOATS = {
+    "CFG scale": "cfg_scale",
+    "Denoising strength": "denoising_strength",
+    "Reference strength": "reference_strength",
+    "Reference fidelity": "reference_fidelity",
+    "Reference start": "reference_start",
+    "Reference end": "reference_end",
+}
+_HASH = re.compile(r"^[0-9a-f]{8,64}$")
 # Inpaint choices: A1111 key -> (field, value when the key is absent from an inpaint infotext, words -> value).
 _CHOICES: dict[str, tuple[str, Any, dict[str, Any]]] = {
     "Inpaint area": ("only_masked", False, {"only masked": True, "whole picture": False}),
@@ -78,12 +86,28 @@ def infotext(request: Txt2Img, seed: int, width: int, height: int, model_name: s
             params["Masked content"] = request.masked_content
         if request.invert_mask:
             params["Mask mode"] = "Inpaint not masked"
+    params |= _reference(request)
     params["Version"] = VERSION
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"{_NEGATIVE} {request.negative_prompt}")
     lines.append(", ".join(f"{key}: {_value(value)}" for key, value in params.items() if _value(value) != ""))
     return "\n".join(lines)
+
+
+def _reference(request: Txt2Img) -> dict[str, Any]:
+    """The reference a picture followed: its mode, weights and the hash it is kept under beside the
+    outputs, so that reusing the picture's parameters brings the reference back too."""
+    if request.reference_image is None and not request.reference_hash:
+        return {}
+    params: dict[str, Any] = {
+        "Reference": request.reference_mode,
+        "Reference strength": request.reference_strength,
+        "Reference fidelity": request.reference_fidelity,
+    }
+    if (request.reference_start, request.reference_end) != (0.0, 1.0):
+        params |= {"Reference start": request.reference_start, "Reference end": request.reference_end}
+    return params | {"Reference hash": request.reference_hash}
 
 
 def _value(value: Any) -> str:
@@ -266,6 +290,12 @@ def request_fields(params: Mapping[str, Any]) -> dict[str, Any]:
         fields["model"] = model.strip()
     if "Steps" in params and "Clip skip" not in params:
         fields["clip_skip"] = 1
+    reference = params.get("Reference")
+    if isinstance(reference, str) and reference.strip() in REFERENCE_MODES:
+        fields["reference_mode"] = reference.strip()
+    digest = params.get("Reference hash")
+    if isinstance(digest, str) and _HASH.match(digest.strip()):
+        fields["reference_hash"] = digest.strip()
     inpaint = any(key in params for key in _INPAINT_KEYS)
     for key, (name, absent, words) in _CHOICES.items():
         value = params.get(key)

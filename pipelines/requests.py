@@ -19,6 +19,8 @@ from .errors import BadRequest
 MAX_SEED = 2**32 - 1
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+# "auto": IP-Adapter when its files are present for the model's family, else reference-only.
+REFERENCE_MODES = ("auto", "reference-only", "reference-adain", "reference-adain+attn", "ip-adapter")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,14 @@ class Txt2Img:
     batch_size: int = 1
     batch_count: int = 1
     clip_skip: int = 1
+    # A reference picture guides the generation (issue 17); the prompt may name one with {image...}.
+    reference_image: Image.Image | None = None
+    reference_hash: str = ""  # a reference kept beside the outputs, by the hash its infotext records
+    reference_mode: str = "auto"
+    reference_strength: float = 1.0
+    reference_fidelity: float = 0.5  # "style fidelity": how much the unconditional pass keeps its own way
+    reference_start: float = 0.0  # the fraction of the steps where the reference starts / stops guiding
+    reference_end: float = 1.0
 
     def fields(self) -> dict[str, Any]:
         """Every field except images, as plain values (for infotext, JSON and presets)."""
@@ -104,6 +114,7 @@ class Txt2Img:
                 f"size {width}x{height} is {width * height} pixels, more than this device allows "
                 f"({limits.max_pixels}); use a smaller size or --medvram"
             )
+        _check_reference(self, problems)
         self._check_mode(limits, problems)
         if problems:
             raise BadRequest(problems)
@@ -193,6 +204,27 @@ def _check_text(request: Txt2Img, limits: Limits, problems: list[str]) -> None:
             problems.append(f"{name} must be text, got {type(value).__name__}")
         elif len(value) > limits.max_prompt_chars:
             problems.append(f"{name} is {len(value)} characters long; the limit is {limits.max_prompt_chars}")
+
+
+def _check_reference(request: Txt2Img, problems: list[str]) -> None:
+    if request.reference_image is not None and not isinstance(request.reference_image, Image.Image):
+        problems.append(f"reference_image must be a picture, got {type(request.reference_image).__name__}")
+    if request.reference_mode not in REFERENCE_MODES:
+        problems.append(
+            f"reference_mode must be one of {', '.join(REFERENCE_MODES)}, got {_shown(request.reference_mode)}"
+        )
+    if not isinstance(request.reference_hash, str) or not all(c in "0123456789abcdef" for c in request.reference_hash):
+        problems.append(
+            f"reference_hash must be the hex digits an infotext records, got {_shown(request.reference_hash)}"
+        )
+    ranges = {"reference_strength": 2.0, "reference_fidelity": 1.0, "reference_start": 1.0, "reference_end": 1.0}
+    for name, high in ranges.items():
+        value = getattr(request, name)
+        if not _is_number(value) or not 0.0 <= value <= high:
+            problems.append(f"{name} must be between 0 and {high:g}, got {_shown(value)}")
+    start, end = request.reference_start, request.reference_end
+    if all(_is_number(value) and 0 <= value <= 1 for value in (start, end)) and start >= end:
+        problems.append(f"reference_start ({_shown(start)}) must come before reference_end ({_shown(end)})")
 
 
 def _check_numbers(request: Txt2Img, limits: Limits, problems: list[str]) -> None:

@@ -37,6 +37,7 @@ class EngineSettings:
     device_budget_bytes: int = 0  # 0: 85% of the GPU's memory
     vae_tiling_pixels: int = 1536 * 1536  # decode larger images in tiles to bound VAE memory
     max_queue: int = 64  # jobs that may wait for the device at once, from every front door together
+    image_url_allow: str = ""  # hosts {image:https://...} may fetch from ("*": any public address); "": none
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)

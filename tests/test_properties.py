@@ -33,7 +33,16 @@ from PIL import Image
 
 from pipelines import samplers
 from pipelines.errors import BadRequest
-from pipelines.requests import MASKED_CONTENT, MAX_SEED, RESIZE_MODES, Img2Img, Inpaint, Limits, Txt2Img
+from pipelines.requests import (
+    MASKED_CONTENT,
+    MAX_SEED,
+    REFERENCE_MODES,
+    RESIZE_MODES,
+    Img2Img,
+    Inpaint,
+    Limits,
+    Txt2Img,
+)
 
 IMAGE = Image.new("RGB", (8, 8), (120, 30, 200))
 MASK = Image.new("L", (8, 8), 255)
@@ -132,6 +141,13 @@ def valid_looking(name: str, limits: Limits) -> st.SearchStrategy[Any]:
         "masked_content": st.sampled_from(MASKED_CONTENT),
         "invert_mask": st.booleans(),
         "only_masked": st.booleans(),
+        "reference_image": st.none() | st.just(IMAGE),
+        "reference_hash": st.sampled_from(["", "0123456789abcdef"]),
+        "reference_mode": st.sampled_from(REFERENCE_MODES),
+        "reference_strength": st.floats(0, 2) | st.sampled_from([0, 2, 0.0, 2.0]),
+        "reference_fidelity": st.floats(0, 1) | st.sampled_from([0, 1]),
+        "reference_start": st.floats(0, 0.5) | st.just(0),
+        "reference_end": st.floats(0.6, 1) | st.just(1),
     }
     return strategies[name]
 
@@ -156,6 +172,13 @@ def near_miss(name: str, limits: Limits) -> st.SearchStrategy[Any]:
         "masked_content": st.sampled_from(["Fill", "blur", "original "]),
         "invert_mask": st.booleans(),
         "only_masked": st.booleans(),
+        "reference_image": st.sampled_from(["reference.png", b"\x89PNG", 3]),
+        "reference_hash": st.sampled_from(["0123456789ABCDEF", "../x", "g" * 16, 12]),
+        "reference_mode": st.sampled_from(["Reference-only", "reference_only", "canny", ""]),
+        "reference_strength": st.sampled_from([2.0000001, -1e-9, 3, True]),
+        "reference_fidelity": st.sampled_from([1.0000001, -1, True]),
+        "reference_start": st.sampled_from([-0.1, 1.5, True]),
+        "reference_end": st.sampled_from([1.01, -1, True]),
     }
     return strategies[name]
 
@@ -241,7 +264,24 @@ def offending(cls: type[Txt2Img], fields: dict[str, Any], limits: Limits) -> tup
         for name in ("invert_mask", "only_masked"):
             if not isinstance(fields[name], bool):
                 must.add(name)
+    _reference_offences(fields, must)
     return must, may
+
+
+def _reference_offences(fields: dict[str, Any], must: set[str]) -> None:
+    if not (fields["reference_image"] is None or isinstance(fields["reference_image"], Image.Image)):
+        must.add("reference_image")
+    digest = fields["reference_hash"]
+    if not (isinstance(digest, str) and set(digest) <= set("0123456789abcdef")):
+        must.add("reference_hash")
+    if not (isinstance(fields["reference_mode"], str) and fields["reference_mode"] in REFERENCE_MODES):
+        must.add("reference_mode")
+    for name, high in (("reference_strength", 2), ("reference_fidelity", 1), ("reference_start", 1),
+                       ("reference_end", 1)):  # fmt: skip
+        if not (_real(fields[name]) and 0 <= fields[name] <= high):
+            must.add(name)
+    if not {"reference_start", "reference_end"} & must and fields["reference_start"] >= fields["reference_end"]:
+        must |= {"reference_start", "reference_end"}
 
 
 def _names(problem: str, name: str) -> bool:

@@ -43,7 +43,12 @@ RENAMED = {"n_iter": "batch_count", "scheduler": "schedule_type", "inpainting_ma
 USED = {"prompt", "negative_prompt", "styles", "seed", "sampler_name", "sampler_index", "batch_size", "steps",
         "cfg_scale", "width", "height", "denoising_strength", "clip_skip", "override_settings", "send_images",
         "save_images", "init_images", "resize_mode", "mask", "mask_blur", "inpainting_fill", "include_init_images",
-        *RENAMED}  # fmt: skip
+        "alwayson_scripts", *RENAMED}  # fmt: skip
+# sd-webui-controlnet's reference modules -> Atelier's reference modes; any "ip-adapter..." module is IP-Adapter.
+CONTROLNET_MODULES = {"reference_only": "reference-only", "reference_adain": "reference-adain",
+                      "reference_adain+attn": "reference-adain+attn"}  # fmt: skip
+# threshold_a values that mean "not set": the extension's -1, and webuiapi's default (made for other modules)
+UNSET_THRESHOLDS = (-1, 64)
 
 
 _NOBODY = object()  # the owner of a job no REST call started
@@ -145,6 +150,7 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
         "batch_count": _number(payload, "n_iter", int, 1),
         "clip_skip": _number(payload, "clip_skip", int, int(settings.get("CLIP_stop_at_last_layers") or 1)),
     }  # fmt: skip
+    fields |= reference_unit(payload.get("alwayson_scripts"))
     if mode == "txt2img":
         return Txt2Img(**fields)
     images = payload.get("init_images") or []
@@ -169,6 +175,46 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
         masked_content=MASKED_CONTENT[fill] if 0 <= fill < len(MASKED_CONTENT) else "original",
         invert_mask=bool(_number(payload, "inpainting_mask_invert", int, 0)),
     )
+
+
+def reference_unit(scripts: Any) -> dict[str, Any]:
+    """Reference fields from an sd-webui-controlnet unit in ``alwayson_scripts.controlnet.args`` (the
+    shape webuiapi's ``ControlNetUnit`` sends): module, image, weight, threshold_a (style fidelity),
+    guidance_start/end. Units that are not enabled are skipped; only reference modules run here."""
+    if scripts in (None, {}):
+        return {}
+    if not isinstance(scripts, dict):
+        raise BadRequest(f"alwayson_scripts must be an object of script names, got {json.dumps(scripts)[:80]}")
+    controlnet = scripts.get("controlnet") or scripts.get("ControlNet")
+    if controlnet is None:
+        return {}
+    units = controlnet.get("args") if isinstance(controlnet, dict) else None
+    if not isinstance(units, list) or not all(isinstance(unit, dict) for unit in units):
+        raise BadRequest("alwayson_scripts.controlnet.args must be a list of ControlNet units (objects)")
+    enabled = [unit for unit in units if unit.get("enabled", True) and str(unit.get("module", "none")) != "none"]
+    if not enabled:
+        return {}
+    if len(enabled) > 1:
+        raise BadRequest(f"one reference unit per request: {len(enabled)} ControlNet units are enabled")
+    unit = enabled[0]
+    module = str(unit.get("module"))
+    known = ", ".join([*CONTROLNET_MODULES, "ip-adapter"])
+    if module not in CONTROLNET_MODULES and not module.startswith("ip-adapter"):
+        raise BadRequest(f"ControlNet module {module!r} is not available here; Atelier runs {known}")
+    picture = unit.get("image") or unit.get("input_image")
+    if isinstance(picture, dict):  # the extension also takes {"image": ..., "mask": ...}
+        picture = picture.get("image")
+    if not picture:
+        raise BadRequest(f"the {module} unit needs an image (base64)")
+    fidelity = _number(unit, "threshold_a", float, 0.5)
+    return {
+        "reference_image": decode_image(picture, "alwayson_scripts.controlnet.args[].image").convert("RGB"),
+        "reference_mode": CONTROLNET_MODULES.get(module, "ip-adapter"),
+        "reference_strength": _number(unit, "weight", float, 1.0),
+        "reference_fidelity": 0.5 if fidelity in UNSET_THRESHOLDS else fidelity,
+        "reference_start": _number(unit, "guidance_start", float, 0.0),
+        "reference_end": _number(unit, "guidance_end", float, 1.0),
+    }
 
 
 def encoded_images(result: Result) -> list[str]:

@@ -49,12 +49,18 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M",
         schedule_type: str = "Karras", width: int = 0, height: int = 0, seed: int = -1, batch_size: int = 1,
         batch_count: int = 1, clip_skip: int = 1, model: str = "", styles: list[str] | None = None, save: bool = True,
+        reference_image: str = "", reference_mode: str = "auto", reference_strength: float = 1.0,
     ) -> dict[str, Any]:  # fmt: skip
         """Text to image. width/height 0 = the model's native size; seed -1 = random; styles are style or
-        negative-preset names; save=True also stores the images in the gallery."""
+        negative-preset names; save=True also stores the images in the gallery. reference_image is an
+        optional base64 picture to follow (reference_mode: auto, reference-only, reference-adain,
+        reference-adain+attn or ip-adapter; reference_strength 0-2); the prompt may also name one with
+        {image:NAME}."""
         request = Txt2Img(
-            prompt, negative_prompt, model, sampler_name, schedule_type, int(steps), float(cfg_scale), int(width),
-            int(height), int(seed), int(batch_size), int(batch_count), int(clip_skip),
+            prompt=prompt, negative_prompt=negative_prompt, model=model, sampler_name=sampler_name,
+            schedule_type=schedule_type, steps=int(steps), cfg_scale=float(cfg_scale), width=int(width),
+            height=int(height), seed=int(seed), batch_size=int(batch_size), batch_count=int(batch_count),
+            clip_skip=int(clip_skip), **_reference(reference_image, reference_mode, reference_strength),
         )  # fmt: skip
         return run(request, styles, save)
 
@@ -62,14 +68,17 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         init_image: str, prompt: str = "", negative_prompt: str = "", denoising_strength: float = 0.75,
         steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M", schedule_type: str = "Karras",
         width: int = 0, height: int = 0, seed: int = -1, resize_mode: str = "just resize", model: str = "",
-        styles: list[str] | None = None, save: bool = True,
+        styles: list[str] | None = None, save: bool = True, reference_image: str = "", reference_mode: str = "auto",
+        reference_strength: float = 1.0,
     ) -> dict[str, Any]:  # fmt: skip
-        """Image to image. init_image is a base64 PNG/JPEG; width/height 0 = the picture's size."""
-        picture = _picture(init_image, "init_image")
+        """Image to image. init_image is a base64 PNG/JPEG; width/height 0 = the picture's size;
+        reference_image/mode/strength as in /txt2img."""
         request = Img2Img(
-            prompt, negative_prompt, model, sampler_name, schedule_type, int(steps), float(cfg_scale), int(width),
-            int(height), int(seed), init_image=picture, denoising_strength=float(denoising_strength),
-            resize_mode=resize_mode,
+            prompt=prompt, negative_prompt=negative_prompt, model=model, sampler_name=sampler_name,
+            schedule_type=schedule_type, steps=int(steps), cfg_scale=float(cfg_scale), width=int(width),
+            height=int(height), seed=int(seed), init_image=_picture(init_image, "init_image"),
+            denoising_strength=float(denoising_strength), resize_mode=resize_mode,
+            **_reference(reference_image, reference_mode, reference_strength),
         )  # fmt: skip
         return run(request, styles, save)
 
@@ -78,18 +87,28 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         mask_blur: int = 4, only_masked: bool = False, only_masked_padding: int = 32, masked_content: str = "original",
         invert_mask: bool = False, steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M",
         seed: int = -1, model: str = "", styles: list[str] | None = None, save: bool = True,
+        reference_image: str = "", reference_mode: str = "auto", reference_strength: float = 1.0,
     ) -> dict[str, Any]:  # fmt: skip
-        """Inpaint: mask is a base64 image, white = redraw. Pixels outside the (blurred) mask are kept."""
+        """Inpaint: mask is a base64 image, white = redraw. Pixels outside the (blurred) mask are kept;
+        reference_image/mode/strength as in /txt2img."""
         request = Inpaint(
-            prompt, negative_prompt, model, sampler_name, steps=int(steps), cfg_scale=float(cfg_scale), seed=int(seed),
-            init_image=_picture(init_image, "init_image"), mask=_picture(mask, "mask"),
-            denoising_strength=float(denoising_strength), mask_blur=int(mask_blur), only_masked=bool(only_masked),
-            only_masked_padding=int(only_masked_padding), masked_content=masked_content, invert_mask=bool(invert_mask),
+            prompt=prompt, negative_prompt=negative_prompt, model=model, sampler_name=sampler_name, steps=int(steps),
+            cfg_scale=float(cfg_scale), seed=int(seed), init_image=_picture(init_image, "init_image"),
+            mask=_picture(mask, "mask"), denoising_strength=float(denoising_strength), mask_blur=int(mask_blur),
+            only_masked=bool(only_masked), only_masked_padding=int(only_masked_padding),
+            masked_content=masked_content, invert_mask=bool(invert_mask),
+            **_reference(reference_image, reference_mode, reference_strength),
         )  # fmt: skip
         return run(request, styles, save)
 
     for function in (txt2img, img2img, inpaint):
         gr.api(function, api_name=function.__name__, concurrency_limit=GPU_WAITERS, concurrency_id="gpu")
+
+
+def _reference(image: str, mode: str, strength: float) -> dict[str, Any]:
+    """Reference fields of an endpoint call; no picture leaves the request without one."""
+    picture = _picture(image, "reference_image").convert("RGB") if image else None
+    return {"reference_image": picture, "reference_mode": mode, "reference_strength": float(strength)}
 
 
 def _picture(data: str, what: str) -> Any:

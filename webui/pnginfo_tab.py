@@ -11,9 +11,11 @@ import gradio as gr
 from PIL import Image
 
 from pipelines import infotext
+from pipelines.engine import Engine
 from pipelines.outputs import UNREADABLE, read_metadata
 
-from .presets_ui import fill_fields
+from .presets_ui import PICTURES, fill_fields
+from .reference_ui import kept_reference
 from .widgets import GenerationWidgets, grid_size
 
 
@@ -62,7 +64,7 @@ def text_chunks(path: str) -> str:
     return json.dumps(chunks, indent=2, ensure_ascii=False)[:20_000] if chunks else ""
 
 
-def build_png_info_tab(tabs: gr.Tabs, targets: list[GenerationWidgets]) -> None:
+def build_png_info_tab(engine: Engine, tabs: gr.Tabs, targets: list[GenerationWidgets]) -> None:
     with gr.Row(equal_height=False):
         image = gr.Image(label="Drop an image", type="filepath", sources=["upload", "clipboard"], height=360)
         with gr.Column():
@@ -71,6 +73,7 @@ def build_png_info_tab(tabs: gr.Tabs, targets: list[GenerationWidgets]) -> None:
             )
             with gr.Row():
                 buttons = {w.mode: gr.Button(f"Send to {_label(w.mode)}", size="sm") for w in targets}
+                as_reference = gr.Button("Use as reference", size="sm", elem_id="pnginfo-send-reference")
             with gr.Accordion("All text stored in the file", open=False):
                 chunks = gr.Code(language="json", interactive=False)
 
@@ -79,13 +82,21 @@ def build_png_info_tab(tabs: gr.Tabs, targets: list[GenerationWidgets]) -> None:
 
     image.change(read, image, [parameters, chunks])
     for widgets in targets:
-        wire_send(image, buttons[widgets.mode], widgets, tabs)
+        wire_send(engine, image, buttons[widgets.mode], widgets, tabs)
+    first = targets[0]
+
+    def use_as_reference(path: str | None) -> tuple[Any, ...]:
+        if not path:
+            raise gr.Error("Drop an image first.")
+        return path, gr.Accordion(open=True), gr.Tabs(selected=first.mode)
+
+    as_reference.click(use_as_reference, image, [first.fields["reference_image"], first.reference, tabs])
 
 
-def wire_send(image: gr.Image, button: gr.Button, target: GenerationWidgets, tabs: gr.Tabs) -> None:
+def wire_send(engine: Engine, image: gr.Image, button: gr.Button, target: GenerationWidgets, tabs: gr.Tabs) -> None:
     """Fill the target tab's fields from the image's parameters (and its picture, for picture tabs)."""
-    fields = {name: widget for name, widget in target.fields.items() if name not in ("init_image", "mask")}
-    outputs = list(fields.values())
+    fields = {name: widget for name, widget in target.fields.items() if name not in PICTURES}
+    outputs = [*fields.values(), target.fields["reference_image"]]
     with_picture = "init_image" in target.fields
     if with_picture:
         outputs.append(target.fields["init_image"])
@@ -101,7 +112,7 @@ def wire_send(image: gr.Image, button: gr.Button, target: GenerationWidgets, tab
         if with_picture:
             with Image.open(path) as picture:
                 values["width"], values["height"] = grid_size(picture.size)
-        filled = fill_fields(fields, values)
+        filled = [*fill_fields(fields, values), kept_reference(engine, values)]
         return [*filled, *([path] if with_picture else []), gr.Tabs(selected=target.mode)]
 
     button.click(send, image, [*outputs, tabs])

@@ -13,6 +13,9 @@ from gradio.blocks import Block
 
 from presets.store import PresetError, PresetExists, PresetLibrary, SavedSettings
 
+# Fields that hold pictures: never saved in presets, never filled from a picture's parameters text.
+PICTURES = ("init_image", "mask", "reference_image")
+
 STACKING_NOTE = (
     "Each preset adds words to the negative prompt. Stacking many narrows what the model will draw, "
     "and every word costs tokens (see the counter)."
@@ -153,7 +156,7 @@ def wire_style_controls(
 
 def settings_of(fields: dict[str, Any], styles: list[str], negatives: list[str], model: str) -> dict[str, Any]:
     """What a saved preset keeps: every request field except pictures, plus model and presets."""
-    kept = {name: value for name, value in fields.items() if name not in ("init_image", "mask")}
+    kept = {name: value for name, value in fields.items() if name not in PICTURES}
     return kept | {"model": model, "styles": list(styles or []), "negatives": list(negatives or [])}
 
 
@@ -183,7 +186,7 @@ def wire_saved_settings(
     saved_pickers: list[gr.Dropdown],
 ) -> None:
     """Load restores every field by name; Save asks before replacing a preset of the same name."""
-    restorable = {name: widget for name, widget in fields.items() if name not in ("init_image", "mask")}
+    restorable = {name: widget for name, widget in fields.items() if name not in PICTURES}
     restorable |= {"model": model_picker, "styles": controls.styles, "negatives": controls.negatives}
 
     def load(name: str | None) -> list[Any]:

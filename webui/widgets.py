@@ -13,6 +13,7 @@ from pipelines.engine import Engine
 from presets.store import PresetLibrary
 
 from .presets_ui import PresetControls, build_preset_controls, wire_style_controls
+from .reference_ui import build_reference_controls
 
 ICONS = Path(__file__).parent / "icons"
 TOKEN_WINDOW = 75  # CLIP's 77 positions minus the start and end markers
@@ -40,6 +41,7 @@ class GenerationWidgets:
     session: gr.State  # the last result of this tab: [{"path", "seed", "infotext", "fields"}, ...]
     selected: gr.State  # index of the result picked in the results gallery
     presets: PresetControls
+    reference: gr.Accordion
 
 
 def grid_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -114,6 +116,8 @@ def build_generation_widgets(
             wire_style_controls(library, engine.count_tokens, presets, prompt, negative)
             if mode_controls is not None:
                 fields |= mode_controls()
+            reference, reference_fields = build_reference_controls(engine, mode)
+            fields |= reference_fields
             with gr.Accordion("Sampling", open=True):
                 fields |= build_sampling_controls(engine.native_size(), mode)
                 with gr.Row(equal_height=True):
@@ -150,5 +154,5 @@ def build_generation_widgets(
     dice.click(lambda: -1, None, fields["seed"], queue=False, show_progress="hidden")
     return GenerationWidgets(
         mode, fields, generate, stop, dice, recycle, prompt_tokens, negative_tokens, results, infotext, status,
-        send_img2img, send_inpaint, reuse_seed, reuse_all, gr.State([]), gr.State(0), presets,
+        send_img2img, send_inpaint, reuse_seed, reuse_all, gr.State([]), gr.State(0), presets, reference,
     )  # fmt: skip
