@@ -23,7 +23,12 @@ import torch
 from PIL import Image
 
 from . import catalog, images, infotext, loading, preview, samplers
+from .animation import job as animation_job
+from .animation.settings import AnimationSettings
 from .errors import BadRequest, Interrupted, OutOfMemory, QueueFull, ShuttingDown
+from .guidance import job as reference_job
+from .guidance.links import UrlPolicy
+from .guidance.sources import ReferenceStore
 from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
@@ -84,6 +89,8 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.manager = PipelineManager(self.settings)
         self.outputs = OutputStore(self.settings.outputs_dir, self.settings.image_format)
+        self.references = ReferenceStore(self.settings.outputs_dir)
+        self.url_policy = UrlPolicy.from_flag(self.settings.image_url_allow)
         self.limits = Limits(max_pixels=self._pixel_budget())
         self.current_job: Job | None = None
         self._tokenizer: Any = None
@@ -235,9 +242,34 @@ class Engine:
         """Queue one request and hand back its future at once, so a caller can wait without holding
         a thread. Bad requests and a full queue raise here, before anything is queued."""
         request, notes = request.checked(self.limits)
+        request, reference_notes = reference_job.with_reference(request, self.outputs, self.references, self.url_policy)
+        notes += reference_notes
         job = job or Job()
         queued = time.perf_counter()
-        self.manager.fetch(request.model or self.default_model)  # downloads never hold the device
+        work = functools.partial(self._run, request, notes, job, on_progress, preview_every, queued, save)
+        size = f"{request.width}x{request.height}, batch {request.batch_size}"
+        return self._queued(job, request.model, work, size)
+
+    def animate(
+        self, settings: AnimationSettings, job: Job | None = None, on_frame: animation_job.FrameCallback | None = None
+    ) -> animation_job.AnimationResult:
+        """Make a clip (see ``pipelines.animation``); every frame is saved as it is made."""
+        return self.submit_animation(settings, job, on_frame).result()
+
+    def submit_animation(
+        self, settings: AnimationSettings, job: Job | None = None, on_frame: animation_job.FrameCallback | None = None
+    ) -> Future[animation_job.AnimationResult]:
+        """Queue a clip like a generation: it waits its turn in the same queue and holds the device
+        for all its frames. Bad settings raise here, before anything is queued."""
+        settings, notes = settings.checked(self.limits)
+        job = job or Job()
+        work = functools.partial(animation_job.run, self, settings, notes, job, on_frame)
+        return self._queued(job, settings.model, work, f"{settings.width}x{settings.height}")
+
+    def _queued(self, job: Job, model: str, work: Callable[[], Any], size: str) -> Future[Any]:
+        """Put ``work`` in the one fair queue for the device (after downloading its model, which
+        never holds the device), or raise ``QueueFull``/``ShuttingDown`` at once."""
+        self.manager.fetch(model or self.default_model)
         with self._waiting_lock:
             if self.closed:  # checked with the queue held: close() stops what waits under the same lock
                 raise ShuttingDown("the server is stopping and takes no new jobs")
@@ -251,9 +283,8 @@ class Engine:
             self._waiting.append(job)
         # All device work runs on one thread: torch's OpenMP pools are per thread, and a dozen of them
         # (one per server worker that ever generated) made every step 2-3x slower on a small CPU.
-        work = functools.partial(self._run, request, notes, job, on_progress, preview_every, queued, save)
         try:
-            future = self._on_device(self._generate_now, request, job, work)
+            future = self._on_device(self._generate_now, job, work, size)
         except ShuttingDown:
             self._leave_queue(job)
             raise
@@ -281,7 +312,7 @@ class Engine:
             if job in self._waiting:
                 self._waiting.remove(job)
 
-    def _generate_now(self, request: Request, job: Job, work: Callable[[], Result]) -> Result:
+    def _generate_now(self, job: Job, work: Callable[[], Any], size: str) -> Any:
         """``work`` under the device lock, with the job's state and out-of-memory handling."""
         out_of_memory = ""
         self._leave_queue(job)
@@ -304,8 +335,7 @@ class Engine:
             log.error("out of device memory: %s", out_of_memory)
             self.manager.unload()
             raise OutOfMemory(
-                f"the device ran out of memory at {request.width}x{request.height}, batch "
-                f"{request.batch_size}: use a smaller size or batch, or start with --medvram"
+                f"the device ran out of memory at {size}: use a smaller size or batch, or start with --medvram"
             )
 
     def _run(
@@ -324,6 +354,10 @@ class Engine:
         model = self.manager.get(request.model or self.default_model)
         loaded = time.perf_counter()
         request = self._sized(request, model)
+        if request.reference_image is not None and request.reference_mode == "auto":
+            mode = reference_job.best_mode(model.family, self.settings.models_dir)
+            request = request.replace(reference_mode=mode)
+            notes.append(f"reference mode: {mode} (the best this model has)")
         notes += _cut_words(model.pipe.tokenizer, request)
         first_seed = request.seed if request.seed != -1 else random.randint(0, 2**32 - 1)
         seeds = [(first_seed + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
@@ -428,7 +462,11 @@ class Engine:
                 keep_outside = original, soft_mask
         # With too little strength for even one step, the artist asked for the picture unchanged.
         unchanged = _steps_per_batch(request) < 1
-        result = [kwargs["image"].copy() for _ in seeds] if unchanged else pipe(**kwargs).images
+        if unchanged:
+            result = [kwargs["image"].copy() for _ in seeds]
+        else:
+            with reference_job.guided(pipe, model.family, request, kwargs, self.settings.models_dir):
+                result = pipe(**kwargs).images
         if job.interrupted:
             # diffusers still decodes a half-done image after an interrupt; nobody should get it.
             raise Interrupted(f"job {job.id} was stopped at step {job.step} of {job.total}")

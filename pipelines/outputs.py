@@ -28,7 +28,8 @@ from .files import free_name
 log = logging.getLogger(__name__)
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4"}
+FRAMES = "-frames"  # an animation's frames live in "<number>-<seed>-frames/" beside its clip
 TRASH = ".trash"
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
@@ -82,6 +83,39 @@ class OutputStore:
         finally:
             temp_path.unlink(missing_ok=True)
         self._prompts[target] = (target.stat().st_mtime, _prompt_of(infotext))
+        return target
+
+    def animation_folder(self, seed: int) -> tuple[Path, str]:
+        """A new folder for an animation's frames in today's folder, numbered like the images, and the
+        name its clip takes beside it (``<stem>.mp4``): ``<number>-<seed>-frames/``."""
+        folder = self.root / time.strftime("%Y-%m-%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            number = self._next_number(folder)
+            while True:
+                stem = f"{number:05d}-{seed}"
+                try:
+                    (folder / f"{stem}{FRAMES}").mkdir()  # exclusive: another process's clip keeps its folder
+                    return folder / f"{stem}{FRAMES}", stem
+                except FileExistsError:
+                    number += 1
+
+    def save_frame(self, image: Image.Image, infotext: str, fields: dict[str, Any], folder: Path, index: int) -> Path:
+        """One animation frame as ``frame-NNNNN.png`` with its infotext, written whole or not at all."""
+        target = folder / f"frame-{index:05d}.png"
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writing-", suffix=".png", delete=False) as temp:
+            temp_path = Path(temp.name)
+            try:
+                _write_image(temp, image, "png", infotext, fields)
+                temp.flush()
+                os.fsync(temp.fileno())
+            except BaseException:
+                temp_path.unlink(missing_ok=True)
+                raise
+        try:
+            _claim(temp_path, target)
+        finally:
+            temp_path.unlink(missing_ok=True)
         return target
 
     def _next_number(self, folder: Path) -> int:
@@ -214,9 +248,20 @@ def _write_image(file: Any, image: Image.Image, image_format: str, infotext: str
     image.convert("RGB").save(file, format=FORMATS[image_format], exif=exif.tobytes(), quality=95)
 
 
+def first_frame(clip: Path) -> Path | None:
+    """The first frame's PNG of an animation's clip (it carries the parameters), or None."""
+    try:
+        frame = clip.with_name(f"{clip.stem}{FRAMES}") / "frame-00000.png"
+        return frame if frame.is_file() and not frame.is_symlink() else None
+    except (OSError, ValueError):  # a name no file can have (a NUL byte, too long)
+        return None
+
+
 def read_metadata(path: Path | str) -> dict[str, Any]:
     """``parameters`` (infotext) and, for Atelier's PNGs, ``atelier`` (request fields) of an image file;
-    ``unreadable`` names any of the two the file has but that could not be read."""
+    ``unreadable`` names any of the two the file has but that could not be read. An animation's clip
+    gives its first frame's."""
+    path = first_frame(Path(path)) or path
     try:
         with Image.open(path) as image:
             return image_metadata(image)

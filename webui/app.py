@@ -12,18 +12,37 @@ from PIL import Image
 from pipelines.engine import Engine
 from presets.store import PresetLibrary
 
+from .animation_tab import build_animation_tab, register_animation_api
 from .endpoints import register_generation_api
 from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
 from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
 from .pnginfo_tab import build_png_info_tab, fields_from_image
 from .presets_tab import PresetsTab, build_presets_tab
-from .presets_ui import fill_fields, negative_names, register_preset_api, saved_names, style_names, wire_saved_settings
+from .presets_ui import (
+    PICTURES,
+    fill_fields,
+    negative_names,
+    register_preset_api,
+    saved_names,
+    style_names,
+    wire_saved_settings,
+)
+from .reference_ui import kept_reference
 from .settings_tab import THEME_JS, apply_settings, build_settings_tab, loaded_table
 from .state import JobBoard, SettingsStore
 from .widgets import GenerationWidgets, grid_size
 
-PUBLIC_ENDPOINTS = ("txt2img", "img2img", "inpaint", "list_presets", "save_preset", "apply_preset", "delete_preset")
-TAB_LABELS = ("Text to Image", "Image to Image", "Inpaint", "Gallery", "Presets", "PNG Info", "Settings")
+PUBLIC_ENDPOINTS = (
+    "txt2img",
+    "img2img",
+    "inpaint",
+    "animate",
+    "list_presets",
+    "save_preset",
+    "apply_preset",
+    "delete_preset",
+)
+TAB_LABELS = ("Text to Image", "Image to Image", "Inpaint", "Animation", "Gallery", "Presets", "PNG Info", "Settings")
 CSS = """
 .token-counter { text-align: right; font-size: 0.8em; opacity: 0.7; }
 .token-counter .over { color: #c2410c; opacity: 1; font-weight: 600; }
@@ -98,28 +117,31 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
                 img2img = build_img2img_tab(engine, library)
             with gr.Tab(TAB_LABELS[2], id="inpaint"):
                 inpaint = build_inpaint_tab(engine, library)
-            with gr.Tab(TAB_LABELS[3], id="gallery") as gallery_tab:
+            with gr.Tab(TAB_LABELS[3], id="animation"):
+                build_animation_tab(engine, library, jobs)
+            with gr.Tab(TAB_LABELS[4], id="gallery") as gallery_tab:
                 gallery = build_gallery_tab(engine)
-            with gr.Tab(TAB_LABELS[4], id="presets"):
+            with gr.Tab(TAB_LABELS[5], id="presets"):
                 presets_tab = build_presets_tab(library)
-            with gr.Tab(TAB_LABELS[5], id="pnginfo"):
+            with gr.Tab(TAB_LABELS[6], id="pnginfo"):
                 png_info_area = gr.Column()
-            with gr.Tab(TAB_LABELS[6], id="settings") as settings_tab:
+            with gr.Tab(TAB_LABELS[7], id="settings") as settings_tab:
                 theme, cache_table = build_settings_tab(engine, settings, saved)
         generation_tabs = {w.mode: w for w in (txt2img, img2img, inpaint)}
         with png_info_area:  # built after the tabs it sends to exist
-            build_png_info_tab(tabs, list(generation_tabs.values()))
+            build_png_info_tab(engine, tabs, list(generation_tabs.values()))
         device_state = top.device, functools.partial(device_text, engine)
         handlers = {
             mode: wire_generation(engine, library, jobs, w, top.model, device_state)
             for mode, w in generation_tabs.items()
         }
         for widgets in generation_tabs.values():
-            _wire_results(widgets, img2img, inpaint, tabs)
+            _wire_results(engine, widgets, img2img, inpaint, tabs)
         refresh_pickers, pickers = _wire_presets(library, generation_tabs, presets_tab, top.model)
         register_generation_api(engine, library)
+        register_animation_api(engine)
         app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
-        _wire_gallery_actions(gallery, txt2img, img2img, inpaint, tabs)
+        _wire_gallery_actions(engine, gallery, txt2img, img2img, inpaint, tabs)
         _wire_top_bar(engine, top, tuple(generation_tabs.values()))
         listing = [gallery.images, gallery.page, gallery.info, gallery.shown]
         gallery_tab.select(lambda q, p: show_page(engine, q, p), [gallery.query, gallery.page], listing)
@@ -192,6 +214,13 @@ def send_to(path: str | None, tab: str) -> tuple[Any, ...]:
     return path, width, height, gr.Tabs(selected=tab)
 
 
+def send_to_reference(path: str | None, tab: str) -> tuple[Any, ...]:
+    """A picture as the reference image of a generation tab, its reference controls opened."""
+    if not path:
+        raise gr.Error("Select an image first.")
+    return path, gr.Accordion(open=True), gr.Tabs(selected=tab)
+
+
 def _picked(entries: list[dict[str, Any]], selected: int | None) -> dict[str, Any]:
     if not entries:
         raise gr.Error("Generate an image first.")
@@ -207,7 +236,7 @@ def _image_at(gallery_value: Any, selected: int | None) -> str:
 
 
 def _wire_results(
-    widgets: GenerationWidgets, img2img: GenerationWidgets, inpaint: GenerationWidgets, tabs: gr.Tabs
+    engine: Engine, widgets: GenerationWidgets, img2img: GenerationWidgets, inpaint: GenerationWidgets, tabs: gr.Tabs
 ) -> None:
     def select(evt: gr.SelectData, entries: list[dict[str, Any]]) -> tuple[str, int]:
         return (_picked(entries, evt.index)["infotext"], evt.index) if entries else ("", 0)
@@ -218,12 +247,14 @@ def _wire_results(
     widgets.reuse_seed.click(
         lambda entries, index: _picked(entries, index)["seed"], [widgets.session, widgets.selected], seed
     )
-    reusable = {name: w for name, w in widgets.fields.items() if name not in ("init_image", "mask")}
+    reusable = {name: w for name, w in widgets.fields.items() if name not in PICTURES}
 
     def reuse_all(entries: list[dict[str, Any]], index: int) -> list[Any]:
-        return fill_fields(reusable, _picked(entries, index)["fields"])
+        fields = _picked(entries, index)["fields"]
+        return [*fill_fields(reusable, fields), kept_reference(engine, fields)]
 
-    widgets.reuse_all.click(reuse_all, [widgets.session, widgets.selected], list(reusable.values()))
+    reference = widgets.fields["reference_image"]
+    widgets.reuse_all.click(reuse_all, [widgets.session, widgets.selected], [*reusable.values(), reference])
     for button, target in ((widgets.send_img2img, img2img), (widgets.send_inpaint, inpaint)):
         button.click(
             lambda value, index, tab=target.mode: send_to(_image_at(value, index), tab),
@@ -233,21 +264,28 @@ def _wire_results(
 
 
 def _wire_gallery_actions(
+    engine: Engine,
     gallery: GalleryWidgets,
     txt2img: GenerationWidgets,
     img2img: GenerationWidgets,
     inpaint: GenerationWidgets,
     tabs: gr.Tabs,
 ) -> None:
-    reusable = {name: w for name, w in txt2img.fields.items()}
+    reusable = {name: w for name, w in txt2img.fields.items() if name not in PICTURES}
+    reference = txt2img.fields["reference_image"]
 
     def reuse(path: str | None) -> list[Any]:
         fields = fields_from_image(path)
         if not fields:
             raise gr.Error("This image carries no generation parameters to reuse.")
-        return [*fill_fields(reusable, fields), gr.Tabs(selected="txt2img")]
+        return [*fill_fields(reusable, fields), kept_reference(engine, fields), gr.Tabs(selected="txt2img")]
 
-    gallery.reuse.click(reuse, gallery.selected_path, [*reusable.values(), tabs])
+    gallery.reuse.click(reuse, gallery.selected_path, [*reusable.values(), reference, tabs])
+    gallery.send_reference.click(
+        lambda path: send_to_reference(path, txt2img.mode),
+        gallery.selected_path,
+        [reference, txt2img.reference, tabs],
+    )
     for button, target in ((gallery.send_img2img, img2img), (gallery.send_inpaint, inpaint)):
         button.click(
             lambda path, tab=target.mode: send_to(path, tab),

@@ -12,6 +12,7 @@ from pipelines.engine import Engine
 from pipelines.outputs import read_metadata
 
 PAGE_SIZE = 48
+VIDEOS = (".mp4",)  # animations' clips: played by a video player, not shown as a picture
 
 
 @dataclass
@@ -21,11 +22,13 @@ class GalleryWidgets:
     page: gr.Number
     info: gr.Markdown
     large: gr.Image
+    large_clip: gr.Video  # shown instead of ``large`` when an animation's clip is selected
     parameters: gr.Textbox
     selected_path: gr.State
     reuse: gr.Button
     send_img2img: gr.Button
     send_inpaint: gr.Button
+    send_reference: gr.Button
     delete: gr.Button
     restore: gr.Button
     refresh: gr.Button
@@ -48,17 +51,19 @@ def build_gallery_tab(engine: Engine) -> GalleryWidgets:
             )  # fmt: skip
         with gr.Column(scale=2):
             large = gr.Image(label="Selected", type="filepath", interactive=False, height=360)
+            large_clip = gr.Video(label="Selected clip", interactive=False, height=360, visible=False)
             parameters = gr.Textbox(label="Parameters", lines=5, interactive=False)
             with gr.Row():
                 reuse = gr.Button("Reuse parameters", size="sm")
                 send_img2img = gr.Button("Send to Image to Image", size="sm")
                 send_inpaint = gr.Button("Send to Inpaint", size="sm")
+                send_reference = gr.Button("Use as reference", size="sm", elem_id="gallery-send-reference")
             with gr.Row():
                 delete = gr.Button("Delete (to trash)", size="sm", variant="stop")
                 restore = gr.Button("Restore last deleted", size="sm")
     widgets = GalleryWidgets(
-        images, query, page, info, large, parameters, gr.State(None),
-        reuse, send_img2img, send_inpaint, delete, restore, refresh, gr.State([]),
+        images, query, page, info, large, large_clip, parameters, gr.State(None),
+        reuse, send_img2img, send_inpaint, send_reference, delete, restore, refresh, gr.State([]),
     )  # fmt: skip
     _wire_gallery(engine, widgets, previous, following)
     return widgets
@@ -90,11 +95,14 @@ def _wire_gallery(engine: Engine, widgets: GalleryWidgets, previous: gr.Button, 
     def select(evt: gr.SelectData, shown: list[str]) -> tuple[Any, ...]:
         # By what the grid shows, not a fresh listing: new images or an unsubmitted search would shift it.
         if not shown or evt.index >= len(shown):
-            return None, "", None
+            return None, gr.Video(None, visible=False), "", None
         path = Path(shown[evt.index])
-        return str(path), read_metadata(path).get("parameters", ""), str(path)
+        parameters = read_metadata(path).get("parameters", "")
+        if path.suffix.lower() in VIDEOS:
+            return gr.Image(None, visible=False), gr.Video(str(path), visible=True), parameters, str(path)
+        return gr.Image(str(path), visible=True), gr.Video(None, visible=False), parameters, str(path)
 
-    selection = [widgets.large, widgets.parameters, widgets.selected_path]
+    selection = [widgets.large, widgets.large_clip, widgets.parameters, widgets.selected_path]
     widgets.images.select(select, widgets.shown, selection)
 
     def delete(path: str | None, query: str, page: float | None, trashed: list[str]) -> tuple[Any, ...]:
@@ -105,7 +113,7 @@ def _wire_gallery(engine: Engine, widgets: GalleryWidgets, previous: gr.Button, 
         except (ValueError, OSError) as exc:
             raise gr.Error(f"Could not delete: {exc}") from exc
         gr.Info("Moved to the trash folder: “Restore last deleted” brings it back.")
-        return (*load(query, page), None, "", None, trashed)
+        return (*load(query, page), None, gr.Video(None, visible=False), "", None, trashed)
 
     trash = gr.State([])
     widgets.delete.click(

@@ -252,7 +252,7 @@ def _finished(result: Result, widgets: GenerationWidgets, seconds: float) -> dic
         }
         for path, seed, text in zip(paths, result.seeds, result.infotexts, strict=True)
     ]
-    notes = "".join(f"\n\n⚠️ {note}" for note in result.notes)
+    notes = "\n\n" + "\n".join(f"- {note}" for note in result.notes) if result.notes else ""
     status = f"Done in {seconds:.1f}s · seeds {', '.join(map(str, result.seeds))}{notes}"
     return {
         widgets.results: shown, widgets.infotext: result.infotexts[0] if result.infotexts else "",
