@@ -91,7 +91,8 @@ engine.generate(Txt2Img(prompt="a circle", steps=1, seed=1))
 engine.generate(Img2Img(prompt="a circle", steps=2, seed=1, init_image=picture))
 engine.generate(Inpaint(prompt="a circle", steps=2, seed=1, init_image=picture, mask=mask))
 engine.close()
-print(sorted(name for name in sys.modules if name.startswith("diffusers.pipelines.") and "stable_diffusion" not in name))
+others = [name for name in sys.modules if name.startswith("diffusers.pipelines.") and "stable_diffusion" not in name]
+print(sorted(others))
 """
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
