@@ -21,7 +21,16 @@ from gradio_client.exceptions import AppError
 import launch
 from presets.store import LIBRARY, PresetLibrary
 
-PUBLIC = {"/txt2img", "/img2img", "/inpaint", "/list_presets", "/save_preset", "/apply_preset", "/delete_preset"}
+PUBLIC = {
+    "/txt2img",
+    "/img2img",
+    "/inpaint",
+    "/animate",
+    "/list_presets",
+    "/save_preset",
+    "/apply_preset",
+    "/delete_preset",
+}
 SETTINGS = ["prompt", "negative_prompt", "steps", "cfg_scale", "sampler_name", "width", "height", "seed"]
 PYTHON_TYPES = {"name": "str", "prompt": "str", "negative_prompt": "str", "steps": "int", "cfg_scale": "float",
                 "sampler_name": "str", "width": "int", "height": "int", "seed": "int", "overwrite": "bool"}  # fmt: skip

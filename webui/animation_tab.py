@@ -174,7 +174,7 @@ def _values(fields: dict[str, Any], settings: AnimationSettings) -> list[Any]:
 def settings_from(values: dict[str, Any]) -> AnimationSettings:
     """Widget values by field name -> settings; whole numbers from number boxes become ints."""
     whole = ("max_frames", "seed", "steps", "width", "height", "diffusion_cadence")
-    converted = {
+    converted: dict[str, Any] = {
         name: int(value) if name in whole and isinstance(value, float) and value.is_integer() else value
         for name, value in values.items()
     }
@@ -189,7 +189,7 @@ def schedule_plot(texts: list[str], frames: Any) -> tuple[pd.DataFrame, str]:
 
 
 def _wire_plot(widgets: AnimationWidgets, problems: gr.Markdown) -> None:
-    watched = [widgets.fields[name] for name in (*SCHEDULES, "max_frames")]
+    watched: list[Any] = [widgets.fields[name] for name in (*SCHEDULES, "max_frames")]  # text and number boxes
 
     def plot(*values: Any) -> tuple[pd.DataFrame, str]:
         *texts, frames = values
@@ -220,6 +220,7 @@ def _wire_run(engine: Engine, jobs: JobBoard, widgets: AnimationWidgets) -> None
         run, set(widgets.fields.values()), outputs, concurrency_limit=GPU_WAITERS, concurrency_id="gpu",
         api_visibility="private", show_progress="minimal",
     )  # fmt: skip
+
     def stop(request: gr.Request) -> None:
         jobs.stop(request.session_hash or "anonymous")
 
