@@ -1,7 +1,7 @@
 """Benchmark animation: seconds per frame against one image-to-image picture of the same size and steps.
 
-    python bench/animate.py             # about a minute on a 2-core CPU (demo model, 64 px)
-    python bench/animate.py --frames 24 # a longer clip
+    python bench/animate.py             # about a minute on a 2-core CPU (demo model, 64 px, 36 frames)
+    python bench/animate.py --frames 12 # a short clip: its first frame (a full text-to-image) weighs more
 
 Figures (medians over ``--runs`` clips, measured in one process so drift hits both):
 
@@ -39,9 +39,9 @@ CADENCE_TARGET = 0.6
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--frames", type=int, default=36)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as folder:
         engine = Engine(EngineSettings(models_dir=Path(folder) / "models", outputs_dir=Path(folder) / "outputs"))
