@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,14 @@ def test_the_page_reports_a_settings_file_it_cannot_move_once(
     store = SettingsStore(tmp_path)
     store.path.write_text('{"ram_budget_gb": NaN}')
 
-    def refuse(*args: Any) -> None:
-        raise PermissionError("read-only folder")
+    real_replace = os.replace
+
+    def refuse(source: Any, target: Any) -> None:
+        # Only in the settings folder: os is one module, and Gradio moves the page's icons into its
+        # cache with os.replace while the page is built (the first build in a process does).
+        if Path(source).parent == tmp_path:
+            raise PermissionError("read-only folder")
+        real_replace(source, target)
 
     monkeypatch.setattr("webui.state.os.replace", refuse)
     with caplog.at_level(logging.ERROR, logger="webui.state"):
