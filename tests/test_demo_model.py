@@ -161,8 +161,8 @@ def test_a_v_prediction_model_is_trained_to_predict_the_velocity_not_the_noise()
 
     pipe = demo_model.untrained(3)
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
-    schedule = training.Schedule(steps=60, learning_rate=2e-3, warmup_steps=5, ema_decay=0.0)
-    training.train_denoiser(pipe, demo_model.scene_batches(4, 8), schedule, noisy_weight=1.0)
+    schedule = training.Schedule(steps=25, learning_rate=3e-3, warmup_steps=5, ema_decay=0.0)
+    training.train_denoiser(pipe, demo_model.scene_batches(4, 6), schedule, noisy_weight=1.0)
     images, captions = next(demo_model.scene_batches(5, 16))
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():
