@@ -1,9 +1,15 @@
-"""Names for the files a user owns: a new file never takes the name of one that exists."""
+"""Files a user owns: a new file never takes the name of one that exists, and appears whole or not
+at all (written to a hidden temp file, synced, then given its name)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 
 def free_name(path: Path) -> Path:
@@ -20,3 +26,36 @@ def damaged_name(path: Path) -> Path:
     one kept earlier."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return free_name(path.with_name(f"{path.stem}.damaged-{stamp}{path.suffix}"))
+
+
+def synced_temp(folder: Path, suffix: str, write: Callable[[IO[bytes]], None]) -> Path:
+    """A hidden ``.writing-*`` file in ``folder`` holding what ``write`` wrote, synced to disk; gone
+    again if writing failed. The caller names it with ``claim`` and then removes the temp name."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".writing-", suffix=suffix, delete=False) as temp:
+        temp_path = Path(temp.name)
+        try:
+            write(temp)
+            temp.flush()
+            os.fsync(temp.fileno())
+        except BaseException:
+            temp_path.unlink(missing_ok=True)
+            raise
+    return temp_path
+
+
+def claim(temp_path: Path, target: Path) -> None:
+    """Give a written temp file its final name, failing with FileExistsError rather than overwrite."""
+    try:
+        os.link(temp_path, target)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (exFAT, some network shares): exclusive create, then copy
+        with open(target, "xb") as final:
+            try:
+                with open(temp_path, "rb") as source:
+                    shutil.copyfileobj(source, final)
+                final.flush()
+                os.fsync(final.fileno())
+            except BaseException:
+                target.unlink(missing_ok=True)  # a half-copied file must never be found by its name
+                raise

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from .files import free_name
+from .files import claim, free_name, synced_temp
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +60,16 @@ class OutputStore:
         folder = self.root / time.strftime("%Y-%m-%d")
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".jpg" if self.image_format == "jpeg" else f".{self.image_format}"
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writing-", suffix=suffix, delete=False) as temp:
-            temp_path = Path(temp.name)
-            try:
-                _write_image(temp, image, self.image_format, infotext, fields)
-                temp.flush()
-                os.fsync(temp.fileno())
-            except BaseException:
-                temp_path.unlink(missing_ok=True)
-                raise
+        temp_path = synced_temp(
+            folder, suffix, lambda file: _write_image(file, image, self.image_format, infotext, fields)
+        )
         try:
             with self._lock:
                 number = self._next_number(folder)
                 while True:
                     target = folder / f"{number:05d}-{seed}{suffix}"
                     try:
-                        _claim(temp_path, target)
+                        claim(temp_path, target)
                         break
                     except FileExistsError:
                         number += 1
@@ -103,17 +96,9 @@ class OutputStore:
     def save_frame(self, image: Image.Image, infotext: str, fields: dict[str, Any], folder: Path, index: int) -> Path:
         """One animation frame as ``frame-NNNNN.png`` with its infotext, written whole or not at all."""
         target = folder / f"frame-{index:05d}.png"
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writing-", suffix=".png", delete=False) as temp:
-            temp_path = Path(temp.name)
-            try:
-                _write_image(temp, image, "png", infotext, fields)
-                temp.flush()
-                os.fsync(temp.fileno())
-            except BaseException:
-                temp_path.unlink(missing_ok=True)
-                raise
+        temp_path = synced_temp(folder, ".png", lambda file: _write_image(file, image, "png", infotext, fields))
         try:
-            _claim(temp_path, target)
+            claim(temp_path, target)
         finally:
             temp_path.unlink(missing_ok=True)
         return target
@@ -215,24 +200,6 @@ class OutputStore:
         if self._relative(folder) is None or not folder.is_dir():
             return []
         return sorted((p for p in folder.rglob("*") if p.is_file() and self._relative(p) is not None), reverse=True)
-
-
-def _claim(temp_path: Path, target: Path) -> None:
-    """Give the written temp file its final name, failing with FileExistsError rather than overwrite."""
-    try:
-        os.link(temp_path, target)
-    except FileExistsError:
-        raise
-    except OSError:  # no hard links here (exFAT, some network shares): exclusive create, then copy
-        with open(target, "xb") as final:
-            try:
-                with open(temp_path, "rb") as source:
-                    shutil.copyfileobj(source, final)
-                final.flush()
-                os.fsync(final.fileno())
-            except BaseException:
-                target.unlink(missing_ok=True)  # a half-copied file must not appear in the gallery
-                raise
 
 
 def _write_image(file: Any, image: Image.Image, image_format: str, infotext: str, fields: dict[str, Any]) -> None:

@@ -16,13 +16,13 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from ..errors import BadRequest
+from ..files import claim, synced_temp
 from ..outputs import OutputStore
 from .links import LINK_TIMEOUT_S, MAX_LINK_BYTES, MAX_REDIRECTS, UrlPolicy, fetch_image
 from .pictures import MAX_REFERENCE_PIXELS, READABLE_FORMATS, as_rgb, decode_picture
@@ -102,17 +102,10 @@ class ReferenceStore:
         if os.path.lexists(target):
             return short
         self.folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".writing-", suffix=".png", delete=False) as temp:
-            temp_path = Path(temp.name)
-            try:
-                rgb.save(temp, format="PNG")
-                temp.flush()
-                os.fsync(temp.fileno())
-            except BaseException:
-                temp_path.unlink(missing_ok=True)
-                raise
+        temp_path = synced_temp(self.folder, ".png", lambda file: rgb.save(file, format="PNG"))
         try:
-            _link_once(temp_path, target)
+            with contextlib.suppress(FileExistsError):  # another job kept the same picture meanwhile
+                claim(temp_path, target)
         finally:
             temp_path.unlink(missing_ok=True)
         log.info("reference image kept as %s", target)
@@ -141,23 +134,6 @@ class ReferenceStore:
                 if _STORED_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
                     found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name, Path(entry.path)))
         return [path for _, _, path in sorted(found, reverse=True)]
-
-
-def _link_once(temp_path: Path, target: Path) -> None:
-    """Give the written temp file its final name unless a file has it already (then with the same pixels)."""
-    try:
-        os.link(temp_path, target)
-    except FileExistsError:
-        pass
-    except OSError:  # no hard links on this file system: exclusive create, then copy
-        with contextlib.suppress(FileExistsError), open(target, "xb") as final:
-            try:
-                final.write(temp_path.read_bytes())
-                final.flush()
-                os.fsync(final.fileno())
-            except BaseException:
-                target.unlink(missing_ok=True)  # a half-written reference must not be found by its hash
-                raise
 
 
 # -- resolving a prompt's reference ---------------------------------------------------------
