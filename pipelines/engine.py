@@ -266,6 +266,26 @@ class Engine:
         work = functools.partial(animation_job.run, self, settings, notes, job, on_frame)
         return self._queued(job, settings.model, work, f"{settings.width}x{settings.height}")
 
+    def submit_work(self, job: Job, model: str, work: Callable[[], Any], size: str) -> Future[Any]:
+        """Queue a script's work (an X/Y/Z plot, a list of prompts, a dataset) as one job in the one
+        fair queue; ``work`` runs on the device thread holding the slot and calls ``run_now`` for each
+        picture, so its pictures come out together and one Stop ends them all."""
+        return self._queued(job, model, work, size)
+
+    def run_now(
+        self,
+        request: Request,
+        job: Job,
+        on_progress: ProgressCallback | None = None,
+        preview_every: int = 0,
+        save: bool = False,
+    ) -> Result:
+        """One request, run at once: only from inside work that ``submit_work`` queued (the device
+        slot is held). Raises ``BadRequest`` like ``submit`` and ``Interrupted`` when stopped."""
+        request, notes = request.checked(self.limits)
+        request, reference_notes = reference_job.with_reference(request, self.outputs, self.references, self.url_policy)
+        return self._run(request, notes + reference_notes, job, on_progress, preview_every, time.perf_counter(), save)
+
     def _queued(self, job: Job, model: str, work: Callable[[], Any], size: str) -> Future[Any]:
         """Put ``work`` in the one fair queue for the device (after downloading its model, which
         never holds the device), or raise ``QueueFull``/``ShuttingDown`` at once."""

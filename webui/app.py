@@ -13,6 +13,7 @@ from pipelines.engine import Engine
 from presets.store import PresetLibrary
 
 from .animation_tab import build_animation_tab, register_animation_api
+from .batch_ui import build_batch_controls, wire_batch
 from .endpoints import register_generation_api
 from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
 from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
@@ -31,6 +32,7 @@ from .reference_ui import kept_reference
 from .settings_tab import THEME_JS, apply_settings, build_settings_tab, loaded_table
 from .state import JobBoard, SettingsStore
 from .widgets import GenerationWidgets, grid_size
+from .xyz_ui import build_xyz_controls, wire_xyz
 
 PUBLIC_ENDPOINTS = (
     "txt2img",
@@ -113,6 +115,8 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         with gr.Tabs() as tabs:
             with gr.Tab(TAB_LABELS[0], id="txt2img"):
                 txt2img = build_txt2img_tab(engine, library)
+                xyz = build_xyz_controls(engine, txt2img)
+                batch = build_batch_controls(engine, txt2img)
             with gr.Tab(TAB_LABELS[1], id="img2img"):
                 img2img = build_img2img_tab(engine, library)
             with gr.Tab(TAB_LABELS[2], id="inpaint"):
@@ -137,6 +141,8 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         }
         for widgets in generation_tabs.values():
             _wire_results(engine, widgets, img2img, inpaint, tabs)
+        wire_xyz(engine, library, jobs, txt2img, xyz, top.model)
+        wire_batch(engine, library, jobs, txt2img, batch, top.model)
         refresh_pickers, pickers = _wire_presets(library, generation_tabs, presets_tab, top.model)
         register_generation_api(engine, library)
         register_animation_api(engine)

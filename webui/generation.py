@@ -18,6 +18,7 @@ from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, T
 from presets.store import PresetError, PresetLibrary
 
 from .endpoints import GPU_WAITERS
+from .outpaint_ui import build_outpaint_controls, wire_outpaint
 from .state import JobBoard
 from .widgets import GenerationWidgets, build_generation_widgets, grid_size
 
@@ -47,6 +48,8 @@ def build_img2img_tab(engine: Engine, library: PresetLibrary) -> GenerationWidge
 
 
 def build_inpaint_tab(engine: Engine, library: PresetLibrary) -> GenerationWidgets:
+    outpaint: list[Any] = []  # the outpainting controls, built beside the editor and wired once the tab exists
+
     def controls() -> dict[str, Any]:
         editor = gr.ImageEditor(
             label="Image: paint over what to redraw",
@@ -71,6 +74,7 @@ def build_inpaint_tab(engine: Engine, library: PresetLibrary) -> GenerationWidge
             invert = gr.Checkbox(False, label="Invert mask (redraw what is not painted)")
         with gr.Accordion("Upload a mask instead of painting", open=False):
             mask = gr.Image(label="Mask image (white = redraw)", type="pil", height=200, image_mode="L")
+        outpaint.append(build_outpaint_controls(editor))
         return {
             "init_image": editor, "mask": mask, "mask_blur": blur, "denoising_strength": strength,
             "only_masked": area, "only_masked_padding": padding, "masked_content": content, "invert_mask": invert,
@@ -79,6 +83,7 @@ def build_inpaint_tab(engine: Engine, library: PresetLibrary) -> GenerationWidge
 
     widgets = build_generation_widgets(engine, library, "inpaint", controls)
     _size_follows_image(widgets)
+    wire_outpaint(outpaint[0], widgets)
     return widgets
 
 
