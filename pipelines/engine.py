@@ -7,13 +7,15 @@ device at a time; a job's owner can watch its progress and stop it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 from PIL import Image
 
 from . import catalog, images, infotext, loading, preview, samplers
+from . import seeds as seeds_noise
 from .animation import job as animation_job
 from .animation.settings import AnimationSettings
 from .errors import BadRequest, Interrupted, OutOfMemory, QueueFull, ShuttingDown
@@ -62,9 +65,18 @@ class Job:
     images: list[Image.Image] = field(default_factory=list)  # finished so far, for callers that poll
     paths: list[Path] = field(default_factory=list)  # where finished images were saved, when they were
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _skip: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def interrupt(self) -> None:
         self._stop.set()
+
+    def skip(self) -> None:
+        """Finish the batch on the device now, as it is, and go on with the next (A1111's Skip)."""
+        self._skip.set()
+
+    @property
+    def skipping(self) -> bool:
+        return self._skip.is_set()
 
     @property
     def interrupted(self) -> bool:
@@ -379,18 +391,27 @@ class Engine:
             request = request.replace(reference_mode=mode)
             notes.append(f"reference mode: {mode} (the best this model has)")
         notes += _cut_words(model.pipe.tokenizer, request)
+        if isinstance(request, Img2Img) and request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+            notes.append("seed resize applies to text to image only: the init image sets the composition here")
         first_seed = request.seed if request.seed != -1 else random.randint(0, 2**32 - 1)
-        seeds = [(first_seed + i) % 2**32 for i in range(request.batch_size * request.batch_count)]
+        first_subseed = request.subseed if request.subseed != -1 else random.randint(0, 2**32 - 1)
+        count = request.batch_size * request.batch_count
+        seeds = [(first_seed + i) % 2**32 for i in range(count)]
+        subseeds = [(first_subseed + i) % 2**32 for i in range(count)]
         job.state, job.started, job.step, job.images, job.paths = "running", time.perf_counter(), 0, [], []
         job.total = max(1, _steps_per_batch(request)) * request.batch_count
         self._set_vae_tiling(model, request)
         texts = [
-            infotext.infotext(request, s, request.width, request.height, model.name, model.model_hash) for s in seeds
+            infotext.infotext(request, s, request.width, request.height, model.name, model.model_hash, subseed)
+            for s, subseed in zip(seeds, subseeds, strict=True)
         ]
         paths: list[Path] = []
         for batch in range(request.batch_count):
             span = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
-            finished = self._denoise(model, request, seeds[span], job, on_progress, preview_every)
+            finished = self._denoise(model, request, seeds[span], subseeds[span], job, on_progress, preview_every)
+            if job.skipping:  # the rest of this batch was skipped: the next one runs in full
+                job._skip.clear()
+                notes.append(f"batch {batch + 1} was skipped at step {job.step} and kept as it was")
             if save:
                 saved = self._save(finished, texts[span], seeds[span], request, model, notes)
                 paths += saved
@@ -426,6 +447,7 @@ class Engine:
         model: LoadedModel,
         request: Request,
         seeds: list[int],
+        subseeds: list[int],
         job: Job,
         on_progress: ProgressCallback | None,
         preview_every: int,
@@ -437,8 +459,6 @@ class Engine:
         per_batch = max(1, _steps_per_batch(request))
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if job.interrupted:
-                pipeline._interrupt = True  # diffusers' documented way to leave the denoising loop
             # Second-order samplers (Heun, DPM2) and PLMS call back more than once per step.
             calls = max(1, getattr(pipeline, "num_timesteps", per_batch) or per_batch)
             job.step = done_before + min(per_batch, -(-(step + 1) * per_batch // calls))
@@ -450,6 +470,9 @@ class Engine:
                 )
             if on_progress:
                 on_progress(Progress(job.id, job.step, job.total, eta, job.preview))
+            # Checked last, so a Stop or Skip made while this step was reported ends the loop now.
+            if job.interrupted or job.skipping:
+                pipeline._interrupt = True  # diffusers' documented way to leave the denoising loop
             return tensors
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -485,7 +508,10 @@ class Engine:
         if unchanged:
             result = [kwargs["image"].copy() for _ in seeds]
         else:
-            with reference_job.guided(pipe, model.family, request, kwargs, self.settings.models_dir):
+            with (
+                reference_job.guided(pipe, model.family, request, kwargs, self.settings.models_dir),
+                _varied(pipe, request, seeds, subseeds, kwargs),
+            ):
                 result = pipe(**kwargs).images
         if job.interrupted:
             # diffusers still decodes a half-done image after an interrupt; nobody should get it.
@@ -501,6 +527,14 @@ class Engine:
         if job is None or (job_id is not None and job.id != job_id):
             return False
         job.interrupt()
+        return True
+
+    def skip(self, job_id: str | None = None) -> bool:
+        """Skip the rest of the running job's current batch (only if it is ``job_id``, when given)."""
+        job = self.current_job
+        if job is None or (job_id is not None and job.id != job_id):
+            return False
+        job.skip()
         return True
 
     # -- helpers ---------------------------------------------------------------------------
@@ -541,6 +575,57 @@ def _cut_words(tokenizer: Any, request: Request) -> list[str]:
             shown = cut if len(cut) <= 200 else cut[:200] + "…"
             notes.append(f'the {label} is {len(ids)} tokens and the model reads {window}: it ignored "{shown}"')
     return notes
+
+
+@contextlib.contextmanager
+def _varied(
+    pipe: Any, request: Request, seeds: list[int], subseeds: list[int], kwargs: dict[str, Any]
+) -> Iterator[None]:
+    """The batch's starting noise with variation seeds (and, in text to image, "seed resize from").
+    Without them diffusers' own draw from the seeds' generators is the same noise: nothing changes."""
+    resize = request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
+    if isinstance(request, Img2Img):
+        varied = _noise_varied(pipe, subseeds, request.subseed_strength) if request.subseed_strength else None
+        with varied or contextlib.nullcontext():
+            yield
+        return
+    if request.subseed_strength or resize:
+        scale = pipe.vae_scale_factor
+        shape = (len(seeds), pipe.unet.config.in_channels, request.height // scale, request.width // scale)
+        drawn = (request.seed_resize_from_h // scale, request.seed_resize_from_w // scale) if resize else None
+        noise = seeds_noise.batch_noise(seeds, subseeds, request.subseed_strength, shape, pipe.unet.dtype, drawn)
+        kwargs["latents"] = noise.to(pipe.unet.device)
+    yield
+
+
+@contextlib.contextmanager
+def _noise_varied(pipe: Any, subseeds: list[int], strength: float) -> Iterator[None]:
+    """Image to image and inpainting draw their noise inside ``prepare_latents`` (after the VAE's
+    sampling used the same generators) and take none from the caller: a ``latents`` argument means
+    "start from pure noise" there. For the call, the pipeline module's ``randn_tensor`` draws as
+    before and blends each picture's subseed noise in, so a small strength nudges the picture
+    rather than starting another. Only the device thread runs pipelines: no other call sees it."""
+    module = sys.modules[type(pipe).__module__]
+    original = module.randn_tensor
+
+    def draw(shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, layout: Any = None) -> Any:
+        noise = original(shape, generator=generator, device=device, dtype=dtype, layout=layout)
+        if len(shape) != 4 or shape[0] != len(subseeds):
+            return noise
+        one = (1, *shape[1:])
+        varied = [
+            seeds_noise.slerp(
+                noise[i : i + 1], seeds_noise.seeded_noise(subseed, one, noise.dtype, noise.device), strength
+            )
+            for i, subseed in enumerate(subseeds)
+        ]
+        return torch.cat(varied)
+
+    module.randn_tensor = draw  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        module.randn_tensor = original  # type: ignore[attr-defined]
 
 
 def _given(image: Image.Image | None) -> Image.Image:

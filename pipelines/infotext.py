@@ -42,6 +42,12 @@ _INTS = {
     "Clip skip": "clip_skip",
     "Mask blur": "mask_blur",
     "Masked area padding": "only_masked_padding",
+    "Variation seed": "subseed",
+    "Seed resize from-1": "seed_resize_from_w",
+    "Seed resize from-2": "seed_resize_from_h",
+    "Hires resize-1": "hr_resize_x",
+    "Hires resize-2": "hr_resize_y",
+    "Hires steps": "hr_second_pass_steps",
 }
 _FLOATS = {
     "CFG scale": "cfg_scale",
@@ -50,6 +56,8 @@ _FLOATS = {
     "Reference fidelity": "reference_fidelity",
     "Reference start": "reference_start",
     "Reference end": "reference_end",
+    "Variation seed strength": "subseed_strength",
+    "Hires upscale": "hr_scale",
 }
 _HASH = re.compile(r"^[0-9a-f]{8,64}$")
 # Inpaint choices: A1111 key -> (field, value when the key is absent from an inpaint infotext, words -> value).
@@ -61,8 +69,19 @@ _CHOICES: dict[str, tuple[str, Any, dict[str, Any]]] = {
 _INPAINT_KEYS = ("Mask blur", "Masked area padding", *_CHOICES)
 
 
-def infotext(request: Txt2Img, seed: int, width: int, height: int, model_name: str, model_hash: str) -> str:
-    """The infotext of one image, keys in A1111's order."""
+def infotext(
+    request: Txt2Img,
+    seed: int,
+    width: int,
+    height: int,
+    model_name: str,
+    model_hash: str,
+    subseed: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """The infotext of one image, keys in A1111's order. ``subseed`` is this image's variation seed
+    (the request's may be -1, random); ``extra`` holds keys the engine found out while running
+    ("Lora hashes", "TI hashes"), placed before the version."""
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler_name,
@@ -73,7 +92,13 @@ def infotext(request: Txt2Img, seed: int, width: int, height: int, model_name: s
         "Model hash": model_hash,
         "Model": model_name.removeprefix("builtin:").rsplit("/", 1)[-1].removesuffix(".safetensors"),
     }
-    if isinstance(request, Img2Img):
+    if request.subseed_strength:
+        chosen = request.subseed if subseed is None else subseed
+        params |= {"Variation seed": chosen, "Variation seed strength": request.subseed_strength}
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        params["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+    hires = request.enable_hr and not isinstance(request, Img2Img)
+    if isinstance(request, Img2Img) or hires:
         params["Denoising strength"] = request.denoising_strength
     if request.clip_skip > 1:
         params["Clip skip"] = request.clip_skip
@@ -86,13 +111,28 @@ def infotext(request: Txt2Img, seed: int, width: int, height: int, model_name: s
             params["Masked content"] = request.masked_content
         if request.invert_mask:
             params["Mask mode"] = "Inpaint not masked"
+    if hires:
+        params |= _hires(request)
     params |= _reference(request)
+    params |= dict(extra or {})
     params["Version"] = VERSION
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"{_NEGATIVE} {request.negative_prompt}")
     lines.append(", ".join(f"{key}: {_value(value)}" for key, value in params.items() if _value(value) != ""))
     return "\n".join(lines)
+
+
+def _hires(request: Txt2Img) -> dict[str, Any]:
+    """A1111's hires keys: a resize target replaces the scale when one is set."""
+    params: dict[str, Any] = {}
+    if request.hr_resize_x or request.hr_resize_y:
+        params["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
+    else:
+        params["Hires upscale"] = request.hr_scale
+    if request.hr_second_pass_steps:
+        params["Hires steps"] = request.hr_second_pass_steps
+    return params | {"Hires upscaler": request.hr_upscaler}
 
 
 def _reference(request: Txt2Img) -> dict[str, Any]:
@@ -296,6 +336,12 @@ def request_fields(params: Mapping[str, Any]) -> dict[str, Any]:
     digest = params.get("Reference hash")
     if isinstance(digest, str) and _HASH.match(digest.strip()):
         fields["reference_hash"] = digest.strip()
+    if any(key in params for key in ("Hires upscaler", "Hires upscale", "Hires resize-1")):
+        fields["enable_hr"] = True
+        if isinstance(upscaler := params.get("Hires upscaler"), str) and upscaler.strip():
+            fields["hr_upscaler"] = upscaler.strip()
+    elif "Steps" in params:
+        fields["enable_hr"] = False  # A1111's reader: a picture without hires keys had no hires pass
     inpaint = any(key in params for key in _INPAINT_KEYS)
     for key, (name, absent, words) in _CHOICES.items():
         value = params.get(key)

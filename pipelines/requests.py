@@ -63,6 +63,23 @@ class Txt2Img:
     reference_fidelity: float = 0.5  # "style fidelity": how much the unconditional pass keeps its own way
     reference_start: float = 0.0  # the fraction of the steps where the reference starts / stops guiding
     reference_end: float = 1.0
+    # Variation seeds (A1111's subseed): the noise of ``subseed`` blended into the seed's by
+    # ``subseed_strength``, so a picture can be nudged without losing it. ``seed_resize_from_w/h``
+    # draws the noise as for that size, so a seed keeps its composition at another size.
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    # Hires fix (text to image only): a first pass at width x height, upscaled by ``hr_upscaler`` to
+    # ``hr_scale`` times (or to hr_resize_x x hr_resize_y), then redrawn by an image-to-image pass of
+    # ``hr_second_pass_steps`` steps (0: as many as the first) at ``denoising_strength``.
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    denoising_strength: float = 0.7
 
     def fields(self) -> dict[str, Any]:
         """Every field except images, as plain values (for infotext, JSON and presets)."""
@@ -115,13 +132,18 @@ class Txt2Img:
                 f"({limits.max_pixels}); use a smaller size or --medvram"
             )
         _check_reference(self, problems)
+        _check_variation(self, problems)
         self._check_mode(limits, problems)
         if problems:
             raise BadRequest(problems)
         return (self.replace(**changes) if changes else self), notes
 
     def _check_mode(self, limits: Limits, problems: list[str]) -> None:
-        """Checks of one mode's own fields; subclasses extend."""
+        """Checks of one mode's own fields; subclasses extend (and skip the hires fix, which is this mode's)."""
+        if not isinstance(self.enable_hr, bool):
+            problems.append(f"enable_hr must be true or false, got {_shown(self.enable_hr)}")
+        elif self.enable_hr:
+            _check_hires(self, limits, problems)
 
 
 @dataclass
@@ -135,6 +157,7 @@ class Img2Img(Txt2Img):
     resize_mode: str = "just resize"
 
     def _check_mode(self, limits: Limits, problems: list[str]) -> None:
+        # The hires fields are text to image's: a picture's parameters reused here may carry them, unused.
         if not isinstance(self.init_image, Image.Image):
             problems.append(f"{self.mode} needs an init image, got {type(self.init_image).__name__}")
         if not _is_number(self.denoising_strength) or not 0.0 <= self.denoising_strength <= 1.0:
@@ -225,6 +248,37 @@ def _check_reference(request: Txt2Img, problems: list[str]) -> None:
     start, end = request.reference_start, request.reference_end
     if all(_is_number(value) and 0 <= value <= 1 for value in (start, end)) and start >= end:
         problems.append(f"reference_start ({_shown(start)}) must come before reference_end ({_shown(end)})")
+
+
+def _check_variation(request: Txt2Img, problems: list[str]) -> None:
+    if not _is_int(request.subseed) or not -1 <= request.subseed <= MAX_SEED:
+        problems.append(f"subseed must be a whole number between -1 and {MAX_SEED}, got {_shown(request.subseed)}")
+    if not _is_number(request.subseed_strength) or not 0.0 <= request.subseed_strength <= 1.0:
+        problems.append(f"subseed_strength must be between 0 and 1, got {_shown(request.subseed_strength)}")
+    sides = (request.seed_resize_from_w, request.seed_resize_from_h)
+    for name, value in zip(("seed_resize_from_w", "seed_resize_from_h"), sides, strict=True):
+        if not _is_int(value) or not (value <= 0 or 64 <= value <= 4096):
+            problems.append(f"{name} must be 0 (off) or between 64 and 4096 pixels, got {_shown(value)}")
+
+
+def _check_hires(request: Txt2Img, limits: Limits, problems: list[str]) -> None:
+    """The hires fix's own fields; its upscaler name is checked by the engine, which knows the files."""
+    if not _is_number(request.hr_scale) or not 1.0 <= request.hr_scale <= 4.0:
+        problems.append(f"hr_scale must be between 1 and 4, got {_shown(request.hr_scale)}")
+    for name in ("hr_resize_x", "hr_resize_y"):
+        value = getattr(request, name)
+        if not _is_int(value) or not (value == 0 or limits.min_side <= value <= limits.max_side):
+            problems.append(f"{name} must be 0 (use hr_scale) or between {limits.min_side} and {limits.max_side}, "
+                            f"got {_shown(value)}")  # fmt: skip
+    if not _is_int(request.hr_second_pass_steps) or not 0 <= request.hr_second_pass_steps <= limits.max_steps:
+        problems.append(
+            f"hr_second_pass_steps must be between 0 (as the first pass) and {limits.max_steps}, "
+            f"got {_shown(request.hr_second_pass_steps)}"
+        )
+    if not _is_number(request.denoising_strength) or not 0.0 <= request.denoising_strength <= 1.0:
+        problems.append(f"denoising_strength must be between 0 and 1, got {_shown(request.denoising_strength)}")
+    if not isinstance(request.hr_upscaler, str) or not request.hr_upscaler:
+        problems.append(f"hr_upscaler must name an upscaler, got {_shown(request.hr_upscaler)}")
 
 
 def _check_numbers(request: Txt2Img, limits: Limits, problems: list[str]) -> None:

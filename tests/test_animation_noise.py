@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from pipelines.animation.noise import lerp, seeded_noise, slerp, travel_noise
+from pipelines.animation.noise import lerp, travel_noise
+from pipelines.seeds import seeded_noise, slerp
 
 SHAPE = (1, 4, 16, 16)
 

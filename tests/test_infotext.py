@@ -175,6 +175,7 @@ def test_a1111_files_give_their_parameters(name: str) -> None:
         "height": 400,
         "model": "realistic_realisticVisionV20_v20",
         "clip_skip": 1,
+        "enable_hr": False,  # a picture without hires keys had no hires pass: reusing it turns hires off
     }
 
 
@@ -280,10 +281,10 @@ def test_bad_values_are_skipped_not_raised() -> None:
         "Denoising strength: inf, Inpaint area: Everywhere, Masked content: glitter, Model: "
     )
     fields = request_fields(parse_infotext(text))
-    assert fields == {"prompt": "x", "negative_prompt": "", "mask_blur": 4, "invert_mask": False}
+    assert fields == {"prompt": "x", "negative_prompt": "", "mask_blur": 4, "invert_mask": False, "enable_hr": False}
     odd: list[Any] = [None, [], "text", {"Steps": object()}, {"Sampler": 5, "Seed": True}, {"Steps": "1e400"}]
     for params in odd:
-        assert request_fields(params) in ({}, {"clip_skip": 1})
+        assert request_fields(params) in ({}, {"clip_skip": 1, "enable_hr": False})
 
 
 def test_random_text_never_raises() -> None:

@@ -53,7 +53,8 @@ PROPERTY_SETTINGS = settings(
 
 # Fields whose values must be whole numbers, with their ranges (``None``: taken from the limits).
 WHOLE = {"steps": (1, None), "batch_size": (1, None), "batch_count": (1, None), "clip_skip": (1, 12),
-         "seed": (-1, MAX_SEED), "mask_blur": (0, 64), "only_masked_padding": (0, 256)}  # fmt: skip
+         "seed": (-1, MAX_SEED), "mask_blur": (0, 64), "only_masked_padding": (0, 256),
+         "subseed": (-1, MAX_SEED)}  # fmt: skip
 TEXT = ("prompt", "negative_prompt", "model")
 # How a problem may refer to a field (problems say "unknown sampler", "size WxH", "needs an init image").
 ALIASES = {"sampler_name": ("sampler",), "schedule_type": ("schedule",), "width": ("width", "size"),
@@ -148,6 +149,15 @@ def valid_looking(name: str, limits: Limits) -> st.SearchStrategy[Any]:
         "reference_fidelity": st.floats(0, 1) | st.sampled_from([0, 1]),
         "reference_start": st.floats(0, 0.5) | st.just(0),
         "reference_end": st.floats(0.6, 1) | st.just(1),
+        "subseed_strength": st.floats(0, 1) | st.sampled_from([0, 1]),
+        "seed_resize_from_w": st.sampled_from([-1, 0, 64, 4096]) | st.integers(64, 1100),
+        "seed_resize_from_h": st.sampled_from([-1, 0, 64, 4096]) | st.integers(64, 1100),
+        "enable_hr": st.booleans(),
+        "hr_scale": st.floats(1, 4) | st.sampled_from([1, 4, 2.0]),
+        "hr_resize_x": st.sampled_from([0, 64, 4096]) | st.integers(64, 1100),
+        "hr_resize_y": st.sampled_from([0, 64, 4096]) | st.integers(64, 1100),
+        "hr_upscaler": st.sampled_from(["Latent", "Lanczos", "None", "4x-UltraSharp"]),
+        "hr_second_pass_steps": st.sampled_from([0, 1, limits.max_steps]),
     }
     return strategies[name]
 
@@ -179,6 +189,15 @@ def near_miss(name: str, limits: Limits) -> st.SearchStrategy[Any]:
         "reference_fidelity": st.sampled_from([1.0000001, -1, True]),
         "reference_start": st.sampled_from([-0.1, 1.5, True]),
         "reference_end": st.sampled_from([1.01, -1, True]),
+        "subseed_strength": st.sampled_from([1.0000001, -1e-9, 2, True]),
+        "seed_resize_from_w": st.sampled_from([1, 63, 4097, 64.0, "512", True]),
+        "seed_resize_from_h": st.sampled_from([1, 63, 4097, 64.0, "512", True]),
+        "enable_hr": st.sampled_from([1, 0, "yes", None]),
+        "hr_scale": st.sampled_from([0.99, 4.01, -1, True]),
+        "hr_resize_x": st.sampled_from([1, 63, 4097, 64.0, "512", True]),
+        "hr_resize_y": st.sampled_from([1, 63, 4097, 64.0, "512", True]),
+        "hr_upscaler": st.sampled_from(["", 3, None]),
+        "hr_second_pass_steps": st.sampled_from([-1, limits.max_steps + 1, 2.0, True]),
     }
     return strategies[name]
 
@@ -265,7 +284,34 @@ def offending(cls: type[Txt2Img], fields: dict[str, Any], limits: Limits) -> tup
             if not isinstance(fields[name], bool):
                 must.add(name)
     _reference_offences(fields, must)
+    _variation_and_hires_offences(cls, fields, limits, must)
     return must, may
+
+
+def _variation_and_hires_offences(cls: type[Txt2Img], fields: dict[str, Any], limits: Limits, must: set[str]) -> None:
+    if not (_real(fields["subseed_strength"]) and 0 <= fields["subseed_strength"] <= 1):
+        must.add("subseed_strength")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        if not (_whole(fields[name]) and (fields[name] <= 0 or 64 <= fields[name] <= 4096)):
+            must.add(name)
+    if issubclass(cls, Img2Img):
+        return  # the hires fields are text to image's, unused (and unchecked) in the other modes
+    if not isinstance(fields["enable_hr"], bool):
+        must.add("enable_hr")
+        return
+    if not fields["enable_hr"]:
+        return
+    if not (_real(fields["hr_scale"]) and 1 <= fields["hr_scale"] <= 4):
+        must.add("hr_scale")
+    for name in ("hr_resize_x", "hr_resize_y"):
+        if not (_whole(fields[name]) and (fields[name] == 0 or limits.min_side <= fields[name] <= limits.max_side)):
+            must.add(name)
+    if not (_whole(fields["hr_second_pass_steps"]) and 0 <= fields["hr_second_pass_steps"] <= limits.max_steps):
+        must.add("hr_second_pass_steps")
+    if not (_real(fields["denoising_strength"]) and 0 <= fields["denoising_strength"] <= 1):
+        must.add("denoising_strength")
+    if not (isinstance(fields["hr_upscaler"], str) and fields["hr_upscaler"]):
+        must.add("hr_upscaler")
 
 
 def _reference_offences(fields: dict[str, Any], must: set[str]) -> None:

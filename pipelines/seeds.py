@@ -1,0 +1,102 @@
+"""The starting noise of pictures, drawn as A1111 and diffusers draw it, and its variations.
+
+Each picture's noise comes from a CPU ``torch.Generator`` seeded with that picture's seed, so the
+noise depends on the seed alone (not the device, nor the picture's place in a batch), and equals what
+diffusers' ``randn_tensor`` draws from such a generator: a request without variation gets exactly the
+pictures it got before. ``slerp`` moves along the sphere between two noises: a straight blend would
+shrink the noise's norm half-way (two independent Gaussians averaged have ~0.71 of the spread) and
+give washed-out pictures there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+PARALLEL = 0.9995  # cosine above which two noises are treated as parallel and blended linearly
+
+
+def seeded_noise(
+    seed: int, shape: Sequence[int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Standard normal noise of ``shape`` from a CPU generator seeded with ``seed``, then moved to
+    ``device``: the same numbers on every machine, as diffusers' ``randn_tensor`` with that generator."""
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    noise = torch.randn(tuple(shape), generator=generator, dtype=dtype, device="cpu")
+    return noise.to(device)
+
+
+def slerp(first: torch.Tensor, second: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation from ``first`` (weight 0) to ``second`` (weight 1), over the whole tensor.
+
+    Nearly parallel inputs are blended linearly (the sphere's formula divides by ~0 there). Computed
+    in float64 and returned in ``first``'s dtype and device.
+    """
+    if first.shape != second.shape:
+        raise ValueError(f"slerp needs tensors of one shape, got {tuple(first.shape)} and {tuple(second.shape)}")
+    if not (isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0):
+        raise ValueError(f"slerp weight must be between 0 and 1, got {weight!r}")
+    if weight == 0.0:
+        return first.clone()
+    if weight == 1.0:
+        return second.to(first.device, first.dtype, copy=True)
+    a = first.detach().to(torch.float64).flatten()
+    b = second.detach().to(device=first.device, dtype=torch.float64).flatten()
+    norms = a.norm() * b.norm()
+    cosine = float((a @ b) / norms) if float(norms) > 0 else 1.0
+    if abs(cosine) > PARALLEL:
+        mixed = (1.0 - weight) * a + weight * b
+    else:
+        angle = math.acos(max(-1.0, min(1.0, cosine)))
+        mixed = (math.sin((1.0 - weight) * angle) * a + math.sin(weight * angle) * b) / math.sin(angle)
+    return mixed.reshape(first.shape).to(first.dtype)
+
+
+def variation_noise(
+    seed: int,
+    shape: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    subseed: int = 0,
+    subseed_strength: float = 0.0,
+    drawn_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """One picture's noise of ``shape`` (1, C, H, W), A1111's way.
+
+    ``subseed_strength`` blends in ``subseed``'s noise (A1111's variation seed). ``drawn_size`` is
+    the latent (height, width) to draw the noise at ("seed resize from"): that noise is placed at the
+    centre of fresh noise of ``shape`` (cropped when larger), so the seed keeps its composition.
+    """
+    batch, channels, height, width = shape
+    drawn = (batch, channels, *(drawn_size or (height, width)))
+    noise = seeded_noise(seed, drawn, dtype)
+    if subseed_strength:
+        noise = slerp(noise, seeded_noise(subseed, drawn, dtype), subseed_strength)
+    if drawn == tuple(shape):
+        return noise
+    canvas = seeded_noise(seed, shape, dtype)
+    # The overlap of the two, centred on both: offsets are >= 0 on the side that is larger.
+    rows, cols = min(height, drawn[2]), min(width, drawn[3])
+    top, left = max(0, (height - drawn[2]) // 2), max(0, (width - drawn[3]) // 2)
+    src_top, src_left = max(0, (drawn[2] - height) // 2), max(0, (drawn[3] - width) // 2)
+    canvas[:, :, top : top + rows, left : left + cols] = noise[
+        :, :, src_top : src_top + rows, src_left : src_left + cols
+    ]
+    return canvas
+
+
+def batch_noise(
+    seeds: Sequence[int],
+    subseeds: Sequence[int],
+    subseed_strength: float,
+    shape: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    drawn_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The noise of a batch: ``variation_noise`` of each (seed, subseed), stacked."""
+    one = (1, *shape[1:])
+    return torch.cat([
+        variation_noise(seed, one, dtype, subseed, subseed_strength, drawn_size)
+        for seed, subseed in zip(seeds, subseeds, strict=True)
+    ])  # fmt: skip
