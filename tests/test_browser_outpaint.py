@@ -1,0 +1,103 @@
+"""Outpainting through the real page: upload a picture in the Inpaint tab, grow it to the right,
+check the sizes, the editor and the mask it painted, then Generate. Debian's Chromium driven by
+Playwright (skips without it, outside CI)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import free_port
+from PIL import Image
+
+import launch
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+BLUE = (30, 60, 200)
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("browser-outpaint")
+    port = free_port()
+    args = launch.parse_args(
+        ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
+         "--models-dir", str(tmp / "models")]
+    )  # fmt: skip
+    app = launch.serve(args, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(server)
+    page.wait_for_selector("#txt2img-generate", timeout=60_000)
+    yield page
+    page.close()
+
+
+def _shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _slider(page: Any, elem_id: str) -> Any:
+    return page.locator(f"#{elem_id} input[type=number]")
+
+
+def _canvas_extent(page: Any) -> tuple[float, float]:
+    """Width/height ratio of the picture the editor draws: the bounding box of its non-background pixels."""
+    shot = Image.open(io.BytesIO(page.locator("#inpaint-editor canvas").first.screenshot())).convert("RGB")
+    pixels = np.asarray(shot, dtype=np.int16)
+    blueish = (pixels[..., 2] - pixels[..., 0]) > 30  # the picture and its fill are blue; the editor is grey/white
+    rows, cols = np.flatnonzero(blueish.any(axis=1)), np.flatnonzero(blueish.any(axis=0))
+    return float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)
+
+
+def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_path: Path) -> None:
+    picture = tmp_path / "blue.png"
+    Image.new("RGB", (64, 64), BLUE).save(picture)
+    page.get_by_role("tab", name="Inpaint").click()
+    editor = page.locator("#inpaint-editor")
+    editor.locator("canvas").first.wait_for(state="attached", timeout=30_000)  # see test_browser's inpaint test
+    with page.expect_response(lambda response: "/upload" in response.url and response.ok, timeout=30_000):
+        editor.locator("input[type=file]").first.set_input_files(str(picture))
+    page.wait_for_timeout(1500)
+    assert _slider(page, "inpaint-width").input_value() == "64"
+    before = _canvas_extent(page)
+
+    page.locator("#inpaint-outpaint").get_by_text("Outpainting (extend the canvas)").click()
+    _slider(page, "inpaint-outpaint-right").fill("64")
+    _slider(page, "inpaint-outpaint-right").press("Enter")
+    page.locator("#inpaint-extend-canvas").click()
+    page.locator("#inpaint-outpaint-note").get_by_text("Canvas now 128×64").wait_for(timeout=15_000)
+    page.wait_for_timeout(1500)  # the editor redraws its canvas after the value arrives
+    _shot(page, "outpaint-01-extended")
+    assert _slider(page, "inpaint-width").input_value() == "128"
+    assert _slider(page, "inpaint-height").input_value() == "64"
+    after = _canvas_extent(page)
+    assert after[0] / after[1] == pytest.approx(2 * before[0] / before[1], rel=0.1), (before, after)
+
+    page.locator("#inpaint-seed input").fill("3")
+    _slider(page, "inpaint-steps").fill("8")
+    _slider(page, "inpaint-steps").press("Enter")
+    page.locator("#inpaint-generate").click()
+    page.locator("#inpaint-status").get_by_text("Done in").wait_for(timeout=60_000)
+    _shot(page, "outpaint-02-result")
+    source = page.locator("#inpaint-results img[src*='gradio_api/file=']").first.get_attribute("src")
+    response = page.request.get(source)
+    assert response.ok, f"{source}: HTTP {response.status}"
+    out = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"), dtype=np.int16)
+    assert out.shape == (64, 128, 3)
+    # Only the mask's band and its feathering (20 px at the tab's blur of 4) touch the original; the
+    # rest comes back exactly (the canvas travels to the page as PNG, not the editor's lossy WebP).
+    assert np.array_equal(out[:, :40], np.broadcast_to(BLUE, (64, 40, 3))), "the original changed away from the seam"
+    assert np.abs(out[:, 72:] - np.array(BLUE)).mean() > 10, "the new area was not redrawn"
