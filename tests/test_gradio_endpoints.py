@@ -26,6 +26,8 @@ PUBLIC = {
     "/img2img",
     "/inpaint",
     "/animate",
+    "/prompts_from_list",
+    "/make_dataset",
     "/list_presets",
     "/save_preset",
     "/apply_preset",

@@ -13,7 +13,7 @@ from pipelines.engine import Engine
 from presets.store import PresetLibrary
 
 from .animation_tab import build_animation_tab, register_animation_api
-from .batch_ui import build_batch_controls, wire_batch
+from .batch_ui import build_batch_controls, register_batch_api, wire_batch
 from .endpoints import register_generation_api
 from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
 from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
@@ -39,6 +39,8 @@ PUBLIC_ENDPOINTS = (
     "img2img",
     "inpaint",
     "animate",
+    "prompts_from_list",
+    "make_dataset",
     "list_presets",
     "save_preset",
     "apply_preset",
@@ -146,6 +148,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         refresh_pickers, pickers = _wire_presets(library, generation_tabs, presets_tab, top.model)
         register_generation_api(engine, library)
         register_animation_api(engine)
+        register_batch_api(engine)
         app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
         _wire_gallery_actions(engine, gallery, txt2img, img2img, inpaint, tabs)
         _wire_top_bar(engine, top, tuple(generation_tabs.values()))
