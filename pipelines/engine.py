@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import catalog, images, infotext, loading, preview, samplers
+from . import catalog, images, infotext, loading, preview, prompts, samplers
 from . import seeds as seeds_noise
 from .animation import job as animation_job
 from .animation.settings import AnimationSettings
@@ -36,6 +36,7 @@ from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
 from .settings import EngineSettings
+from .upscale.upscalers import UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Result:
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)  # where each image was saved, when it was
+    subseeds: list[int] = field(default_factory=list)  # each image's variation seed (used when its strength > 0)
 
 
 class Engine:
@@ -103,6 +105,8 @@ class Engine:
         self.outputs = OutputStore(self.settings.outputs_dir, self.settings.image_format)
         self.references = ReferenceStore(self.settings.outputs_dir)
         self.url_policy = UrlPolicy.from_flag(self.settings.image_url_allow)
+        self.embeddings = prompts.EmbeddingLibrary(self.settings.models_dir / "embeddings")
+        self.upscalers = UpscalerLibrary(self.settings.models_dir, self.manager.device)
         self.limits = Limits(max_pixels=self._pixel_budget())
         self.current_job: Job | None = None
         self._tokenizer: Any = None
@@ -127,6 +131,10 @@ class Engine:
         hub = [catalog.with_cache_state(entry) for entry in catalog.CURATED_HUB]
         return [builtin, *catalog.list_local(self.settings.models_dir), *hub]
 
+    def upscaler_names(self) -> list[str]:
+        """The hires fix's upscalers, A1111's names first, then the model files in models/ESRGAN."""
+        return self.upscalers.names()
+
     @property
     def default_model(self) -> str:
         if self.settings.default_model:
@@ -146,15 +154,16 @@ class Engine:
             "stats": {name: vars(stats) for name, stats in self.manager.stats.items()},
         }
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens ``text`` takes in the 77-token CLIP window (start/end markers not counted).
+    def count_tokens(self, text: str) -> tuple[int, int]:
+        """(tokens, chunks): the tokens ``text`` takes once its weights syntax is read, and the
+        75-token chunks they are encoded in (start/end markers not counted).
 
         Every supported family uses CLIP's BPE vocabulary, so this needs no loaded model.
         """
         with self._tokenizer_lock:  # the page asks from many threads; build it once
             if self._tokenizer is None:
                 self._tokenizer = loading.clip_tokenizer()
-        return len(self._tokenizer(text, add_special_tokens=False).input_ids)
+        return prompts.count_tokens(self._tokenizer, text, self.embeddings)
 
     def native_size(self, name: str = "") -> int:
         """The model's native image side in pixels, from its config, without loading weights."""
@@ -390,7 +399,6 @@ class Engine:
             mode = reference_job.best_mode(model.family, self.settings.models_dir)
             request = request.replace(reference_mode=mode)
             notes.append(f"reference mode: {mode} (the best this model has)")
-        notes += _cut_words(model.pipe.tokenizer, request)
         if isinstance(request, Img2Img) and request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
             notes.append("seed resize applies to text to image only: the init image sets the composition here")
         first_seed = request.seed if request.seed != -1 else random.randint(0, 2**32 - 1)
@@ -401,8 +409,9 @@ class Engine:
         job.state, job.started, job.step, job.images, job.paths = "running", time.perf_counter(), 0, [], []
         job.total = max(1, _steps_per_batch(request)) * request.batch_count
         self._set_vae_tiling(model, request)
+        extra = self.embeddings.infotext(request.prompt, request.negative_prompt)
         texts = [
-            infotext.infotext(request, s, request.width, request.height, model.name, model.model_hash, subseed)
+            infotext.infotext(request, s, request.width, request.height, model.name, model.model_hash, subseed, extra)
             for s, subseed in zip(seeds, subseeds, strict=True)
         ]
         paths: list[Path] = []
@@ -420,7 +429,9 @@ class Engine:
         job.state = "done"
         ended = time.perf_counter()
         timings = {"queue_s": started - queued, "load_s": loaded - started, "generate_s": ended - loaded}
-        return Result(list(job.images), seeds, texts, request, model.name, model.model_hash, timings, notes, paths)
+        return Result(
+            list(job.images), seeds, texts, request, model.name, model.model_hash, timings, notes, paths, subseeds
+        )
 
     def _save(
         self,
@@ -477,18 +488,19 @@ class Engine:
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs: dict[str, Any] = {
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt or None,
             "num_inference_steps": request.steps,
             "guidance_scale": request.cfg_scale,
             "num_images_per_prompt": len(seeds),
             "generator": generators,
-            "clip_skip": request.clip_skip - 1 or None,  # A1111's "Clip skip: 2" is diffusers' 1
             "callback_on_step_end": on_step_end,
             "callback_on_step_end_tensor_inputs": ["latents"],
             "height": request.height,
             "width": request.width,
         }
+        # A1111's prompt syntax (weights, BREAK, embeddings, any length) read into embeddings here.
+        kwargs |= prompts.encode_prompts(
+            pipe, request.prompt, request.negative_prompt, request.clip_skip, self.embeddings, request.cfg_scale > 1
+        )
         keep_outside: tuple[Image.Image, Image.Image] | None = None  # inpaint: the original and its soft mask
         if isinstance(request, Img2Img):
             original = images.fit(_given(request.init_image), request.width, request.height, request.resize_mode)
@@ -562,19 +574,6 @@ class Engine:
             gigabytes = torch.cuda.get_device_properties(self.manager.device).total_memory / 1024**3
             return int(max(1.0, gigabytes / 2) * 1024 * 1024)
         return 2048 * 2048
-
-
-def _cut_words(tokenizer: Any, request: Request) -> list[str]:
-    """Notes naming the words past the text encoder's window: the model never reads them."""
-    window = tokenizer.model_max_length - 2  # start and end markers take two places
-    notes = []
-    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
-        ids = tokenizer(text, add_special_tokens=False).input_ids if text else []
-        if len(ids) > window:
-            cut = tokenizer.decode(ids[window:]).strip()
-            shown = cut if len(cut) <= 200 else cut[:200] + "…"
-            notes.append(f'the {label} is {len(ids)} tokens and the model reads {window}: it ignored "{shown}"')
-    return notes
 
 
 @contextlib.contextmanager

@@ -172,9 +172,11 @@ def test_settings_are_saved_applied_and_survive_damage(tmp_path: Path) -> None:
     assert aside == sorted(["{not json", '{"image_format": "gif"}']), "a damaged settings file was lost"
 
 
-def test_token_counter_warns_past_the_window(studio: Studio) -> None:
+def test_token_counter_counts_chunks_past_the_window(studio: Studio) -> None:
     assert "3/75 tokens" in token_text(studio.engine, "a red circle")
-    assert "words past 75 are cut" in token_text(studio.engine, "red " * 80)
+    assert "3/75 tokens" in token_text(studio.engine, "(a:1.3) [red] circle")  # weights syntax costs no tokens
+    assert "80/150 tokens, in 2 chunks" in token_text(studio.engine, "red " * 80)
+    assert "2/150 tokens, in 2 chunks" in token_text(studio.engine, "red BREAK circle")
 
 
 def test_png_info_reads_fields_from_a1111_and_atelier_images(studio: Studio) -> None:

@@ -149,10 +149,14 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
         "seed": _number(payload, "seed", int, -1), "batch_size": _number(payload, "batch_size", int, 1),
         "batch_count": _number(payload, "n_iter", int, 1),
         "clip_skip": _number(payload, "clip_skip", int, int(settings.get("CLIP_stop_at_last_layers") or 1)),
+        "subseed": _number(payload, "subseed", int, -1),
+        "subseed_strength": _number(payload, "subseed_strength", float, 0.0),
+        "seed_resize_from_w": _number(payload, "seed_resize_from_w", int, -1),
+        "seed_resize_from_h": _number(payload, "seed_resize_from_h", int, -1),
     }  # fmt: skip
     fields |= reference_unit(payload.get("alwayson_scripts"))
     if mode == "txt2img":
-        return Txt2Img(**fields)
+        return Txt2Img(**fields, **_hires_fields(payload))
     images = payload.get("init_images") or []
     if not isinstance(images, list) or not images:
         raise BadRequest("img2img needs init_images: a list with one base64 image")
@@ -175,6 +179,19 @@ def build_request(payload: dict[str, Any], library: PresetLibrary, mode: str) ->
         masked_content=MASKED_CONTENT[fill] if 0 <= fill < len(MASKED_CONTENT) else "original",
         invert_mask=bool(_number(payload, "inpainting_mask_invert", int, 0)),
     )
+
+
+def _hires_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """A1111's hires fix fields, under their names (an unset upscaler is A1111's default, Latent)."""
+    return {
+        "enable_hr": bool(payload.get("enable_hr", False)),
+        "hr_scale": _number(payload, "hr_scale", float, 2.0),
+        "hr_resize_x": _number(payload, "hr_resize_x", int, 0),
+        "hr_resize_y": _number(payload, "hr_resize_y", int, 0),
+        "hr_upscaler": str(payload.get("hr_upscaler") or "Latent"),
+        "hr_second_pass_steps": _number(payload, "hr_second_pass_steps", int, 0),
+        "denoising_strength": _number(payload, "denoising_strength", float, 0.7),
+    }
 
 
 def reference_unit(scripts: Any) -> dict[str, Any]:
@@ -225,15 +242,18 @@ def encoded_images(result: Result) -> list[str]:
 
 def response(result: Result, payload: dict[str, Any], engine: Engine) -> dict[str, Any]:
     request = result.request
+    subseeds = result.subseeds or [-1] * len(result.seeds)
     info = {
         "prompt": request.prompt, "all_prompts": [request.prompt] * len(result.seeds),
         "negative_prompt": request.negative_prompt,
         "all_negative_prompts": [request.negative_prompt] * len(result.seeds),
-        "seed": result.seeds[0], "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * len(result.seeds),
-        "subseed_strength": 0, "width": request.width, "height": request.height, "sampler_name": request.sampler_name,
+        "seed": result.seeds[0], "all_seeds": result.seeds, "subseed": subseeds[0], "all_subseeds": subseeds,
+        "subseed_strength": request.subseed_strength, "width": request.width, "height": request.height,
+        "sampler_name": request.sampler_name,
         "scheduler": request.schedule_type, "cfg_scale": request.cfg_scale, "steps": request.steps,
         "batch_size": request.batch_size, "restore_faces": False, "sd_model_name": result.model,
-        "sd_model_hash": result.model_hash, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "sd_model_hash": result.model_hash, "seed_resize_from_w": request.seed_resize_from_w,
+        "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": getattr(request, "denoising_strength", None), "clip_skip": request.clip_skip,
         "infotexts": result.infotexts, "styles": payload.get("styles") or [], "notes": result.notes,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "is_using_inpainting_conditioning": False,
@@ -482,9 +502,10 @@ def _add_job_routes(router: APIRouter, engine: Engine, state: ApiState, guard: C
         done = job.step / job.total
         elapsed = time.perf_counter() - job.started
         preview = encode_png(job.preview, "") if mine and job.preview is not None else None
-        state_now: dict[str, Any] = {"skipped": False, "interrupted": job.interrupted, "job": job.id if mine else "",
-                     "job_count": 1 + engine.queue_length, "job_no": 0, "sampling_step": job.step,
-                     "sampling_steps": job.total, "job_timestamp": time.strftime("%Y%m%d%H%M%S")}  # fmt: skip
+        state_now: dict[str, Any] = {"skipped": job.skipping, "interrupted": job.interrupted,
+                     "job": job.id if mine else "", "job_count": 1 + engine.queue_length, "job_no": 0,
+                     "sampling_step": job.step, "sampling_steps": job.total,
+                     "job_timestamp": time.strftime("%Y%m%d%H%M%S")}  # fmt: skip
         eta = elapsed / done - elapsed if done else 0.0
         return {"progress": done, "eta_relative": eta, "state": state_now, "current_image": preview,
                 "textinfo": f"Step {job.step}/{job.total}"}  # fmt: skip
@@ -494,9 +515,14 @@ def _add_job_routes(router: APIRouter, engine: Engine, state: ApiState, guard: C
         if job is not None and state.owns(user, job):
             engine.interrupt(job.id)
 
+    def skip(user: str | None = Depends(guard)) -> None:
+        job = engine.current_job
+        if job is not None and state.owns(user, job):
+            engine.skip(job.id)
+
     router.add_api_route("/progress", progress, methods=["GET"])
     router.add_api_route("/interrupt", stop, methods=["POST"])
-    router.add_api_route("/skip", stop, methods=["POST"])
+    router.add_api_route("/skip", skip, methods=["POST"])
 
 
 def _sysconf(name: str) -> int:

@@ -50,17 +50,24 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         schedule_type: str = "Karras", width: int = 0, height: int = 0, seed: int = -1, batch_size: int = 1,
         batch_count: int = 1, clip_skip: int = 1, model: str = "", styles: list[str] | None = None, save: bool = True,
         reference_image: str = "", reference_mode: str = "auto", reference_strength: float = 1.0,
+        subseed: int = -1, subseed_strength: float = 0.0, enable_hr: bool = False, hr_scale: float = 2.0,
+        hr_upscaler: str = "Latent", hr_second_pass_steps: int = 0, denoising_strength: float = 0.7,
     ) -> dict[str, Any]:  # fmt: skip
         """Text to image. width/height 0 = the model's native size; seed -1 = random; styles are style or
         negative-preset names; save=True also stores the images in the gallery. reference_image is an
         optional base64 picture to follow (reference_mode: auto, reference-only, reference-adain,
         reference-adain+attn or ip-adapter; reference_strength 0-2); the prompt may also name one with
-        {image:NAME}."""
+        {image:NAME}. subseed/subseed_strength: a variation seed blended in (0-1). enable_hr: the hires fix,
+        upscaling hr_scale times with hr_upscaler, then redrawing at denoising_strength in
+        hr_second_pass_steps steps (0: as many as the first pass)."""
         request = Txt2Img(
             prompt=prompt, negative_prompt=negative_prompt, model=model, sampler_name=sampler_name,
             schedule_type=schedule_type, steps=int(steps), cfg_scale=float(cfg_scale), width=int(width),
             height=int(height), seed=int(seed), batch_size=int(batch_size), batch_count=int(batch_count),
             clip_skip=int(clip_skip), **_reference(reference_image, reference_mode, reference_strength),
+            subseed=int(subseed), subseed_strength=float(subseed_strength), enable_hr=bool(enable_hr),
+            hr_scale=float(hr_scale), hr_upscaler=hr_upscaler, hr_second_pass_steps=int(hr_second_pass_steps),
+            denoising_strength=float(denoising_strength),
         )  # fmt: skip
         return run(request, styles, save)
 
@@ -69,16 +76,17 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M", schedule_type: str = "Karras",
         width: int = 0, height: int = 0, seed: int = -1, resize_mode: str = "just resize", model: str = "",
         styles: list[str] | None = None, save: bool = True, reference_image: str = "", reference_mode: str = "auto",
-        reference_strength: float = 1.0,
+        reference_strength: float = 1.0, subseed: int = -1, subseed_strength: float = 0.0,
     ) -> dict[str, Any]:  # fmt: skip
         """Image to image. init_image is a base64 PNG/JPEG; width/height 0 = the picture's size;
-        reference_image/mode/strength as in /txt2img."""
+        reference_image/mode/strength and subseed/subseed_strength as in /txt2img."""
         request = Img2Img(
             prompt=prompt, negative_prompt=negative_prompt, model=model, sampler_name=sampler_name,
             schedule_type=schedule_type, steps=int(steps), cfg_scale=float(cfg_scale), width=int(width),
             height=int(height), seed=int(seed), init_image=_picture(init_image, "init_image"),
             denoising_strength=float(denoising_strength), resize_mode=resize_mode,
             **_reference(reference_image, reference_mode, reference_strength),
+            subseed=int(subseed), subseed_strength=float(subseed_strength),
         )  # fmt: skip
         return run(request, styles, save)
 

@@ -178,6 +178,11 @@ def wire_generation(
         jobs.stop(request.session_hash or "anonymous")
 
     widgets.stop.click(stop, None, None, queue=False)
+
+    def skip(request: gr.Request) -> None:
+        jobs.skip(request.session_hash or "anonymous")
+
+    widgets.skip.click(skip, None, None, queue=False)
     return run
 
 

@@ -104,7 +104,7 @@ def build_preset_controls(library: PresetLibrary, mode: str) -> PresetControls:
 
 def final_prompt_text(
     library: PresetLibrary,
-    count: Callable[[str], int],
+    count: Callable[[str], tuple[int, int]],
     prompt: str,
     negative: str,
     styles: list[str],
@@ -118,14 +118,14 @@ def final_prompt_text(
     except PresetError as exc:
         return f"⚠️ {exc}"
     return (
-        f"**Generate will use** ({count(final)}/75 tokens): {final or '(empty)'}  \n"
-        f"**Negative** ({count(final_negative)}/75 tokens): {final_negative or '(empty)'}"
+        f"**Generate will use** ({_tokens(count(final))}): {final or '(empty)'}  \n"
+        f"**Negative** ({_tokens(count(final_negative))}): {final_negative or '(empty)'}"
     )
 
 
 def wire_style_controls(
     library: PresetLibrary,
-    count: Callable[[str], int],
+    count: Callable[[str], tuple[int, int]],
     controls: PresetControls,
     prompt: gr.Textbox,
     negative: gr.Textbox,
@@ -285,3 +285,9 @@ def register_preset_api(library: PresetLibrary) -> None:
 def _same_as_saved(name: Any) -> Any:
     """A name as ``check_name`` stores it (NFC, trimmed), so scripts find presets by the name they saved."""
     return unicodedata.normalize("NFC", name).strip() if isinstance(name, str) else name
+
+
+def _tokens(counted: tuple[int, int]) -> str:
+    """A1111's counter: the tokens over the room of the 75-token chunks they fill."""
+    tokens, chunks = counted
+    return f"{tokens}/{75 * chunks} tokens"

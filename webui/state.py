@@ -195,6 +195,15 @@ class JobBoard:
         job.interrupt()
         return True
 
+    def skip(self, session: str) -> bool:
+        """Skip the rest of the clicker's current batch (their own job only)."""
+        with self._lock:
+            job = self._jobs.get(session)
+        if job is None or job.state != "running":
+            return False
+        job.skip()
+        return True
+
     def finish(self, session: str, job: Job) -> None:
         with self._lock:
             if self._jobs.get(session) is job:

@@ -26,6 +26,7 @@ class GenerationWidgets:
     mode: str
     fields: dict[str, gr.components.Component]
     generate: gr.Button
+    skip: gr.Button  # ends the current batch early, keeps it, and goes on with the next
     stop: gr.Button
     dice: gr.Button
     recycle: gr.Button
@@ -51,19 +52,21 @@ def grid_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def token_text(engine: Engine, text: str) -> str:
+    """A1111's counter: tokens over the room of the chunks they fill. A prompt longer than one chunk
+    is encoded in several (nothing is cut); the counter says so, since each chunk is read apart."""
     if not text:  # the empty boxes of a fresh page: no need to build the tokenizer before serving
         return f"<span class='tokens'>0/{TOKEN_WINDOW} tokens</span>"
-    count = engine.count_tokens(text)
-    if count > TOKEN_WINDOW:
-        return f"<span class='tokens over'>{count}/{TOKEN_WINDOW} tokens: words past {TOKEN_WINDOW} are cut</span>"
-    return f"<span class='tokens'>{count}/{TOKEN_WINDOW} tokens</span>"
+    tokens, chunks = engine.count_tokens(text)
+    if chunks > 1:
+        return f"<span class='tokens'>{tokens}/{TOKEN_WINDOW * chunks} tokens, in {chunks} chunks</span>"
+    return f"<span class='tokens'>{tokens}/{TOKEN_WINDOW} tokens</span>"
 
 
 def build_prompt_boxes(engine: Engine, mode: str) -> tuple[gr.Textbox, gr.Textbox, gr.Markdown, gr.Markdown]:
     prompt = gr.Textbox(
         label="Prompt", lines=3, placeholder="a watercolor fox in a snowy forest", elem_id=f"{mode}-prompt"
     )
-    prompt_tokens = gr.Markdown(token_text(engine, ""), elem_classes=["token-counter"])
+    prompt_tokens = gr.Markdown(token_text(engine, ""), elem_classes=["token-counter"], elem_id=f"{mode}-prompt-tokens")
     negative = gr.Textbox(
         label="Negative prompt", lines=2, placeholder="blurry, low quality", elem_id=f"{mode}-negative"
     )
@@ -100,6 +103,37 @@ def build_sampling_controls(native_size: int, mode: str) -> dict[str, gr.compone
     }
 
 
+def build_variation_controls(mode: str) -> dict[str, gr.components.Component]:
+    """A1111's "Extra" seed options: a variation seed blended in, and noise drawn as for another size."""
+    with gr.Accordion("Variation seed", open=False, elem_id=f"{mode}-variation"):
+        with gr.Row():
+            subseed = gr.Number(-1, label="Variation seed (-1: random)", precision=0, minimum=-1, scale=2)
+            strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength", scale=3)
+        with gr.Row():
+            from_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width (0: off)")
+            from_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height (0: off)")
+    return {"subseed": subseed, "subseed_strength": strength, "seed_resize_from_w": from_w,
+            "seed_resize_from_h": from_h}  # fmt: skip
+
+
+def build_hires_controls(engine: Engine) -> dict[str, gr.components.Component]:
+    """The hires fix: a first pass at the model's size, upscaled, then redrawn by an image-to-image pass."""
+    with gr.Accordion("Hires fix", open=False, elem_id="txt2img-hires"):
+        enable = gr.Checkbox(False, label="Hires fix: draw at the model's size, upscale, redraw the details",
+                             elem_id="txt2img-enable-hr")  # fmt: skip
+        with gr.Row():
+            upscaler = gr.Dropdown(engine.upscaler_names(), value="Latent", label="Upscaler", scale=2)
+            steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: as the first pass)", scale=2)
+            strength = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength", scale=2)
+        with gr.Row():
+            scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by")
+            resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to (0: by the scale)")
+            resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0: by the scale)")
+    return {"enable_hr": enable, "hr_upscaler": upscaler, "hr_second_pass_steps": steps,
+            "denoising_strength": strength, "hr_scale": scale, "hr_resize_x": resize_x,
+            "hr_resize_y": resize_y}  # fmt: skip
+
+
 def build_generation_widgets(
     engine: Engine, library: PresetLibrary, mode: str, mode_controls: Any = None
 ) -> GenerationWidgets:
@@ -133,10 +167,14 @@ def build_generation_widgets(
                         "", icon=ICONS / "reuse-seed.svg", scale=0, min_width=48, elem_classes=["tool-button"],
                         elem_id=f"{mode}-reuse-seed",
                     )  # fmt: skip
+                fields |= build_variation_controls(mode)
                 fields["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
+            if mode == "txt2img":
+                fields |= build_hires_controls(engine)
         with gr.Column(scale=6):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", scale=3, elem_id=f"{mode}-generate")
+                skip = gr.Button("Skip", scale=1, elem_id=f"{mode}-skip")
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{mode}-stop")
             status = gr.Markdown("", elem_classes=["job-status"], elem_id=f"{mode}-status")
             results = gr.Gallery(
@@ -153,6 +191,6 @@ def build_generation_widgets(
                 reuse_all = gr.Button("Reuse all parameters", size="sm")
     dice.click(lambda: -1, None, fields["seed"], queue=False, show_progress="hidden")
     return GenerationWidgets(
-        mode, fields, generate, stop, dice, recycle, prompt_tokens, negative_tokens, results, infotext, status,
+        mode, fields, generate, skip, stop, dice, recycle, prompt_tokens, negative_tokens, results, infotext, status,
         send_img2img, send_inpaint, reuse_seed, reuse_all, gr.State([]), gr.State(0), presets, reference,
     )  # fmt: skip
