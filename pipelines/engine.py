@@ -7,15 +7,13 @@ device at a time; a job's owner can watch its progress and stop it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import random
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
 from .settings import EngineSettings
+from .upscale import hires
 from .upscale.upscalers import UpscalerLibrary
 
 log = logging.getLogger(__name__)
@@ -262,9 +261,7 @@ class Engine:
     ) -> Future[Result]:
         """Queue one request and hand back its future at once, so a caller can wait without holding
         a thread. Bad requests and a full queue raise here, before anything is queued."""
-        request, notes = request.checked(self.limits)
-        request, reference_notes = reference_job.with_reference(request, self.outputs, self.references, self.url_policy)
-        notes += reference_notes
+        request, notes = self._checked(request)
         job = job or Job()
         queued = time.perf_counter()
         work = functools.partial(self._run, request, notes, job, on_progress, preview_every, queued, save)
@@ -303,9 +300,17 @@ class Engine:
     ) -> Result:
         """One request, run at once: only from inside work that ``submit_work`` queued (the device
         slot is held). Raises ``BadRequest`` like ``submit`` and ``Interrupted`` when stopped."""
+        request, notes = self._checked(request)
+        return self._run(request, notes, job, on_progress, preview_every, time.perf_counter(), save)
+
+    def _checked(self, request: Request) -> tuple[Request, list[str]]:
+        """The request normalised, with its notes, or ``BadRequest``: its fields, its reference and
+        its hires upscaler (whose names depend on the models folder) checked before it queues."""
         request, notes = request.checked(self.limits)
         request, reference_notes = reference_job.with_reference(request, self.outputs, self.references, self.url_policy)
-        return self._run(request, notes + reference_notes, job, on_progress, preview_every, time.perf_counter(), save)
+        if request.enable_hr and not isinstance(request, Img2Img):
+            request = request.replace(hr_upscaler=self.upscalers.check(request.hr_upscaler))
+        return request, notes + reference_notes
 
     def _queued(self, job: Job, model: str, work: Callable[[], Any], size: str) -> Future[Any]:
         """Put ``work`` in the one fair queue for the device (after downloading its model, which
@@ -407,8 +412,11 @@ class Engine:
         seeds = [(first_seed + i) % 2**32 for i in range(count)]
         subseeds = [(first_subseed + i) % 2**32 for i in range(count)]
         job.state, job.started, job.step, job.images, job.paths = "running", time.perf_counter(), 0, [], []
-        job.total = max(1, _steps_per_batch(request)) * request.batch_count
-        self._set_vae_tiling(model, request)
+        hires_plan = self._hires_plan(request)
+        second_steps = hires_plan.steps if hires_plan else 0
+        job.total = (max(1, _steps_per_batch(request)) + second_steps) * request.batch_count
+        final_size = (hires_plan.width, hires_plan.height) if hires_plan else (request.width, request.height)
+        self._set_vae_tiling(model, *final_size)
         extra = self.embeddings.infotext(request.prompt, request.negative_prompt)
         texts = [
             infotext.infotext(request, s, request.width, request.height, model.name, model.model_hash, subseed, extra)
@@ -417,7 +425,9 @@ class Engine:
         paths: list[Path] = []
         for batch in range(request.batch_count):
             span = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
-            finished = self._denoise(model, request, seeds[span], subseeds[span], job, on_progress, preview_every)
+            finished = self._denoise(
+                model, request, seeds[span], subseeds[span], job, on_progress, preview_every, hires_plan
+            )
             if job.skipping:  # the rest of this batch was skipped: the next one runs in full
                 job._skip.clear()
                 notes.append(f"batch {batch + 1} was skipped at step {job.step} and kept as it was")
@@ -462,17 +472,19 @@ class Engine:
         job: Job,
         on_progress: ProgressCallback | None,
         preview_every: int,
+        hires_plan: hires.HiresPlan | None = None,
     ) -> list[Image.Image]:
         """One batch: a fresh scheduler, the mode's view, the diffusers call, then compositing."""
         scheduler = samplers.build_scheduler(model.pipe.scheduler.config, request.sampler_name, request.schedule_type)
         pipe = self.manager.view(model, request.mode, scheduler)
-        done_before = job.step
-        per_batch = max(1, _steps_per_batch(request))
+        # Steps done before this pass, and the pass's steps (the hires fix's second pass moves both on).
+        counted = [job.step, max(1, _steps_per_batch(request))]
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            done_before, per_pass = counted
             # Second-order samplers (Heun, DPM2) and PLMS call back more than once per step.
-            calls = max(1, getattr(pipeline, "num_timesteps", per_batch) or per_batch)
-            job.step = done_before + min(per_batch, -(-(step + 1) * per_batch // calls))
+            calls = max(1, getattr(pipeline, "num_timesteps", per_pass) or per_pass)
+            job.step = done_before + min(per_pass, -(-(step + 1) * per_pass // calls))
             elapsed = time.perf_counter() - job.started
             eta = elapsed / job.step * (job.total - job.step) if job.step else 0.0
             if preview_every and job.step % preview_every == 0:
@@ -522,9 +534,14 @@ class Engine:
         else:
             with (
                 reference_job.guided(pipe, model.family, request, kwargs, self.settings.models_dir),
-                _varied(pipe, request, seeds, subseeds, kwargs),
-            ):
+                seeds_noise.varied(pipe, isinstance(request, Img2Img), seeds, subseeds, request.subseed_strength,
+                                   (request.seed_resize_from_w, request.seed_resize_from_h), kwargs),
+            ):  # fmt: skip
+                if hires_plan is not None:
+                    kwargs["output_type"] = hires_plan.first_output_type
                 result = pipe(**kwargs).images
+        if hires_plan is not None and not job.interrupted:
+            result = self._hires_pass(model, request, hires_plan, result, kwargs, counted, job)
         if job.interrupted:
             # diffusers still decodes a half-done image after an interrupt; nobody should get it.
             raise Interrupted(f"job {job.id} was stopped at step {job.step} of {job.total}")
@@ -532,6 +549,27 @@ class Engine:
             original, soft_mask = keep_outside
             result = [images.composite(original, image, soft_mask) for image in result]
         return result
+
+    def _hires_pass(
+        self,
+        model: LoadedModel,
+        request: Request,
+        plan: hires.HiresPlan,
+        first: Any,
+        kwargs: dict[str, Any],
+        counted: list[int],
+        job: Job,
+    ) -> list[Image.Image]:
+        """The hires fix's second pass: the first pass's pictures (or latents) upscaled and redrawn by
+        the image-to-image view. A Skip during the first pass keeps the first pass as it is."""
+        if job.skipping:
+            return hires.decode_latents(model.pipe, first) if isinstance(first, torch.Tensor) else list(first)
+        counted[:] = [counted[0] + request.steps, max(1, plan.steps)]
+        scheduler = samplers.build_scheduler(model.pipe.scheduler.config, request.sampler_name, request.schedule_type)
+        view = self.manager.view(model, "img2img", scheduler)
+        # The IP-Adapter's image belonged to the first pass: its weights are gone from the model now.
+        second = {name: value for name, value in kwargs.items() if name != "ip_adapter_image"}
+        return hires.second_pass(view, first, plan, self.upscalers, **second)
 
     def interrupt(self, job_id: str | None = None) -> bool:
         """Stop the running job (only if it is ``job_id``, when given). True if one was stopped."""
@@ -561,9 +599,20 @@ class Engine:
         sized, _ = sized.checked(self.limits)
         return sized
 
-    def _set_vae_tiling(self, model: LoadedModel, request: Request) -> None:
+    def _hires_plan(self, request: Request) -> hires.HiresPlan | None:
+        """The hires fix's sizes and steps, for a text-to-image request that asks for it."""
+        if isinstance(request, Img2Img) or not request.enable_hr:
+            return None
+        return hires.plan(
+            request.width, request.height, steps=request.steps, hr_scale=request.hr_scale,
+            hr_resize_x=request.hr_resize_x, hr_resize_y=request.hr_resize_y, hr_upscaler=request.hr_upscaler,
+            hr_second_pass_steps=request.hr_second_pass_steps, denoising_strength=request.denoising_strength,
+            limits=self.limits, upscalers=self.upscalers,
+        )  # fmt: skip
+
+    def _set_vae_tiling(self, model: LoadedModel, width: int, height: int) -> None:
         vae = model.pipe.vae
-        if request.width * request.height > self.settings.vae_tiling_pixels:
+        if width * height > self.settings.vae_tiling_pixels:
             vae.enable_tiling()
         else:
             vae.disable_tiling()
@@ -574,57 +623,6 @@ class Engine:
             gigabytes = torch.cuda.get_device_properties(self.manager.device).total_memory / 1024**3
             return int(max(1.0, gigabytes / 2) * 1024 * 1024)
         return 2048 * 2048
-
-
-@contextlib.contextmanager
-def _varied(
-    pipe: Any, request: Request, seeds: list[int], subseeds: list[int], kwargs: dict[str, Any]
-) -> Iterator[None]:
-    """The batch's starting noise with variation seeds (and, in text to image, "seed resize from").
-    Without them diffusers' own draw from the seeds' generators is the same noise: nothing changes."""
-    resize = request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
-    if isinstance(request, Img2Img):
-        varied = _noise_varied(pipe, subseeds, request.subseed_strength) if request.subseed_strength else None
-        with varied or contextlib.nullcontext():
-            yield
-        return
-    if request.subseed_strength or resize:
-        scale = pipe.vae_scale_factor
-        shape = (len(seeds), pipe.unet.config.in_channels, request.height // scale, request.width // scale)
-        drawn = (request.seed_resize_from_h // scale, request.seed_resize_from_w // scale) if resize else None
-        noise = seeds_noise.batch_noise(seeds, subseeds, request.subseed_strength, shape, pipe.unet.dtype, drawn)
-        kwargs["latents"] = noise.to(pipe.unet.device)
-    yield
-
-
-@contextlib.contextmanager
-def _noise_varied(pipe: Any, subseeds: list[int], strength: float) -> Iterator[None]:
-    """Image to image and inpainting draw their noise inside ``prepare_latents`` (after the VAE's
-    sampling used the same generators) and take none from the caller: a ``latents`` argument means
-    "start from pure noise" there. For the call, the pipeline module's ``randn_tensor`` draws as
-    before and blends each picture's subseed noise in, so a small strength nudges the picture
-    rather than starting another. Only the device thread runs pipelines: no other call sees it."""
-    module = sys.modules[type(pipe).__module__]
-    original = module.randn_tensor
-
-    def draw(shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, layout: Any = None) -> Any:
-        noise = original(shape, generator=generator, device=device, dtype=dtype, layout=layout)
-        if len(shape) != 4 or shape[0] != len(subseeds):
-            return noise
-        one = (1, *shape[1:])
-        varied = [
-            seeds_noise.slerp(
-                noise[i : i + 1], seeds_noise.seeded_noise(subseed, one, noise.dtype, noise.device), strength
-            )
-            for i, subseed in enumerate(subseeds)
-        ]
-        return torch.cat(varied)
-
-    module.randn_tensor = draw  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        module.randn_tensor = original  # type: ignore[attr-defined]
 
 
 def _given(image: Image.Image | None) -> Image.Image:

@@ -10,8 +10,11 @@ give washed-out pictures there.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -100,3 +103,55 @@ def batch_noise(
         variation_noise(seed, one, dtype, subseed, subseed_strength, drawn_size)
         for seed, subseed in zip(seeds, subseeds, strict=True)
     ])  # fmt: skip
+
+
+@contextlib.contextmanager
+def varied(
+    pipe: Any,
+    from_image: bool,
+    seeds: list[int],
+    subseeds: list[int],
+    subseed_strength: float,
+    resize_from: tuple[int, int],
+    kwargs: dict[str, Any],
+) -> Iterator[None]:
+    """A diffusers call (``pipe(**kwargs)`` inside) with variation seeds and, in text to image,
+    "seed resize from" (``resize_from`` = (width, height) in pixels; 0 = off). Without them
+    diffusers' own draw from the seeds' generators is the same noise: nothing changes."""
+    if from_image:
+        with _image_noise_varied(pipe, subseeds, subseed_strength) if subseed_strength else contextlib.nullcontext():
+            yield
+        return
+    resize = resize_from[0] > 0 and resize_from[1] > 0
+    if subseed_strength or resize:
+        scale = pipe.vae_scale_factor
+        shape = (len(seeds), pipe.unet.config.in_channels, kwargs["height"] // scale, kwargs["width"] // scale)
+        drawn = (resize_from[1] // scale, resize_from[0] // scale) if resize else None
+        noise = batch_noise(seeds, subseeds, subseed_strength, shape, pipe.unet.dtype, drawn)
+        kwargs["latents"] = noise.to(pipe.unet.device)
+    yield
+
+
+@contextlib.contextmanager
+def _image_noise_varied(pipe: Any, subseeds: list[int], strength: float) -> Iterator[None]:
+    """Image to image and inpainting draw their noise inside ``prepare_latents`` (after the VAE's
+    sampling used the same generators) and take none from the caller: a ``latents`` argument means
+    "start from pure noise" there. For the call, the pipeline module's ``randn_tensor`` draws as
+    before and blends each picture's subseed noise in, so a small strength nudges the picture
+    rather than starting another. Only the device thread runs pipelines: no other call sees it."""
+    module = sys.modules[type(pipe).__module__]
+    original = module.randn_tensor
+
+    def draw(shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, layout: Any = None) -> Any:
+        noise = original(shape, generator=generator, device=device, dtype=dtype, layout=layout)
+        if len(shape) != 4 or shape[0] != len(subseeds):
+            return noise
+        one = (1, *shape[1:])
+        extra = [seeded_noise(subseed, one, noise.dtype, noise.device) for subseed in subseeds]
+        return torch.cat([slerp(noise[i : i + 1], e, strength) for i, e in enumerate(extra)])
+
+    module.randn_tensor = draw  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        module.randn_tensor = original  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ PUBLIC = {
     "/animate",
     "/prompts_from_list",
     "/make_dataset",
+    "/xyz_plot",
     "/list_presets",
     "/save_preset",
     "/apply_preset",

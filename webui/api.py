@@ -28,6 +28,7 @@ from pipelines.engine import Engine, Job, Result
 from pipelines.errors import AtelierError, BadRequest, QueueFull
 from pipelines.outputs import UNREADABLE, image_metadata
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
+from pipelines.xyz.job import from_a1111_script, submit_plot
 from presets.store import PresetError, PresetLibrary
 
 from .guard import LoginBrake, client_address, too_many_failures
@@ -43,7 +44,9 @@ RENAMED = {"n_iter": "batch_count", "scheduler": "schedule_type", "inpainting_ma
 USED = {"prompt", "negative_prompt", "styles", "seed", "sampler_name", "sampler_index", "batch_size", "steps",
         "cfg_scale", "width", "height", "denoising_strength", "clip_skip", "override_settings", "send_images",
         "save_images", "init_images", "resize_mode", "mask", "mask_blur", "inpainting_fill", "include_init_images",
-        "alwayson_scripts", *RENAMED}  # fmt: skip
+        "alwayson_scripts", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "enable_hr",
+        "hr_scale", "hr_resize_x", "hr_resize_y", "hr_upscaler", "hr_second_pass_steps", "script_name",
+        "script_args", *RENAMED}  # fmt: skip
 # sd-webui-controlnet's reference modules -> Atelier's reference modes; any "ip-adapter..." module is IP-Adapter.
 CONTROLNET_MODULES = {"reference_only": "reference-only", "reference_adain": "reference-adain",
                       "reference_adain+attn": "reference-adain+attn"}  # fmt: skip
@@ -292,7 +295,8 @@ def mount_api(
             try:
                 job_request = build_request(payload, library, mode)
                 save = bool(payload.get("save_images"))
-                result = await _unless_gone(request, job, lambda: engine.submit(job_request, job, save=save))
+                submit = _submitter(engine, payload, job_request, job, save)
+                result = await _unless_gone(request, job, submit)
             except AtelierError as exc:
                 return _error_for(exc)
             finally:
@@ -316,6 +320,18 @@ def mount_api(
     login = [Depends(guard)]
     app.add_api_route("/sdapi/docs", docs, methods=["GET"], include_in_schema=False, dependencies=login)
     app.add_api_route("/openapi.json", app.openapi, methods=["GET"], include_in_schema=False, dependencies=login)
+
+
+def _submitter(engine: Engine, payload: dict[str, Any], request: Txt2Img, job: Job, save: bool) -> Callable[[], Any]:
+    """How a REST call runs: as one picture job, or as the script it names (A1111's ``script_name``:
+    the X/Y/Z plot, whose grid comes first among the images). Other scripts are refused by name."""
+    plot = from_a1111_script(payload.get("script_name"), payload.get("script_args"), request)
+    if plot is not None:
+        settings = plot.replace(save=save)
+        return lambda: submit_plot(engine, settings, job, as_result=True)
+    if payload.get("script_name"):
+        raise BadRequest(f"script {payload['script_name']!r} is not available here; Atelier runs 'x/y/z plot'")
+    return lambda: engine.submit(request, job, save=save)
 
 
 def _error_for(exc: AtelierError) -> JSONResponse:

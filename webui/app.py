@@ -32,7 +32,7 @@ from .reference_ui import kept_reference
 from .settings_tab import THEME_JS, apply_settings, build_settings_tab, loaded_table
 from .state import JobBoard, SettingsStore
 from .widgets import GenerationWidgets, grid_size
-from .xyz_ui import build_xyz_controls, wire_xyz
+from .xyz_ui import build_xyz_controls, register_xyz_api, wire_xyz
 
 PUBLIC_ENDPOINTS = (
     "txt2img",
@@ -41,6 +41,7 @@ PUBLIC_ENDPOINTS = (
     "animate",
     "prompts_from_list",
     "make_dataset",
+    "xyz_plot",
     "list_presets",
     "save_preset",
     "apply_preset",
@@ -149,6 +150,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         register_generation_api(engine, library)
         register_animation_api(engine)
         register_batch_api(engine)
+        register_xyz_api(engine)
         app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
         _wire_gallery_actions(engine, gallery, txt2img, img2img, inpaint, tabs)
         _wire_top_bar(engine, top, tuple(generation_tabs.values()))
