@@ -273,13 +273,19 @@ def test_out_of_memory_is_a_clear_error_and_the_next_job_works(engine: Engine, m
     def view_that_runs_out(*args: object, **kwargs: object) -> object:
         pipe = real_view(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 1:
+        return Exhausted(pipe) if calls["n"] == 1 else pipe
 
-            def exhausted(**_: object) -> object:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    class Exhausted:
+        """The view, whose call runs out of memory (its text encoders still read the prompt first)."""
 
-            return exhausted
-        return pipe
+        def __init__(self, pipe: object) -> None:
+            self.pipe = pipe
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.pipe, name)
+
+        def __call__(self, **_: object) -> object:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(engine.manager, "view", view_that_runs_out)
     with pytest.raises(OutOfMemory, match="ran out of memory at 64x64, batch 1: use a smaller size"):
