@@ -23,6 +23,8 @@ BUILTIN_DEMO = "builtin:demo"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _MAX_SCAN = 10_000  # files looked at per models-folder scan, so a huge folder cannot stall the page
 _MAX_DEPTH = 4
+# Folders of add-ons that sit beside the checkpoints (A1111's layout): their files are not models.
+ADD_ON_FOLDERS = frozenset({"lora", "lycoris", "embeddings", "esrgan", "realesrgan", "ip-adapter"})
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ def list_local(models_dir: Path) -> list[ModelEntry]:
             continue
         if depth >= _MAX_DEPTH:
             dirs.clear()
+        if depth == 0:
+            dirs[:] = [child for child in dirs if child.lower() not in ADD_ON_FOLDERS]
         dirs.sort()
         for file in sorted(files):
             seen += 1

@@ -12,17 +12,15 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from . import catalog, images, infotext, loading, preview, prompts, samplers
+from . import catalog, images, infotext, loading, lora, preview, prompts, samplers
 from . import seeds as seeds_noise
 from .animation import job as animation_job
 from .animation.settings import AnimationSettings
@@ -30,6 +28,7 @@ from .errors import BadRequest, Interrupted, OutOfMemory, QueueFull, ShuttingDow
 from .guidance import job as reference_job
 from .guidance.links import UrlPolicy
 from .guidance.sources import ReferenceStore
+from .jobs import Job, Progress, ProgressCallback, Result
 from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
@@ -39,62 +38,7 @@ from .upscale.upscalers import UpscalerLibrary
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Progress:
-    job_id: str
-    step: int  # steps done over the whole job (all batches)
-    total: int
-    eta_seconds: float
-    preview: Image.Image | None = None
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass(eq=False)  # a job is itself: queues find it by identity
-class Job:
-    """One caller's generation: its progress, and the switch that stops it."""
-
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    state: str = "queued"  # queued, running, done, interrupted, failed
-    step: int = 0
-    total: int = 0
-    started: float = 0.0
-    preview: Image.Image | None = None
-    images: list[Image.Image] = field(default_factory=list)  # finished so far, for callers that poll
-    paths: list[Path] = field(default_factory=list)  # where finished images were saved, when they were
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    _skip: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def interrupt(self) -> None:
-        self._stop.set()
-
-    def skip(self) -> None:
-        """Finish the batch on the device now, as it is, and go on with the next (A1111's Skip)."""
-        self._skip.set()
-
-    @property
-    def skipping(self) -> bool:
-        return self._skip.is_set()
-
-    @property
-    def interrupted(self) -> bool:
-        return self._stop.is_set()
-
-
-@dataclass
-class Result:
-    images: list[Image.Image]
-    seeds: list[int]
-    infotexts: list[str]
-    request: Request
-    model: str
-    model_hash: str
-    timings: dict[str, float]
-    notes: list[str] = field(default_factory=list)
-    paths: list[Path] = field(default_factory=list)  # where each image was saved, when it was
-    subseeds: list[int] = field(default_factory=list)  # each image's variation seed (used when its strength > 0)
+__all__ = ["Engine", "Job", "Progress", "ProgressCallback", "Result"]  # the jobs' types, where callers look
 
 
 class Engine:
@@ -106,6 +50,7 @@ class Engine:
         self.url_policy = UrlPolicy.from_flag(self.settings.image_url_allow)
         self.embeddings = prompts.EmbeddingLibrary(self.settings.models_dir / "embeddings")
         self.upscalers = UpscalerLibrary(self.settings.models_dir, self.manager.device)
+        self.loras = lora.LoraLibrary(self.settings.models_dir / "Lora")
         self.limits = Limits(max_pixels=self._pixel_budget())
         self.current_job: Job | None = None
         self._tokenizer: Any = None
@@ -162,7 +107,7 @@ class Engine:
         with self._tokenizer_lock:  # the page asks from many threads; build it once
             if self._tokenizer is None:
                 self._tokenizer = loading.clip_tokenizer()
-        return prompts.count_tokens(self._tokenizer, text, self.embeddings)
+        return prompts.count_tokens(self._tokenizer, lora.without_tags(text), self.embeddings)
 
     def native_size(self, name: str = "") -> int:
         """The model's native image side in pixels, from its config, without loading weights."""
@@ -307,6 +252,7 @@ class Engine:
         """The request normalised, with its notes, or ``BadRequest``: its fields, its reference and
         its hires upscaler (whose names depend on the models folder) checked before it queues."""
         request, notes = request.checked(self.limits)
+        self.loras.resolve(lora.extract(request.prompt)[1])  # malformed tags, unknown names: 422 before queueing
         request, reference_notes = reference_job.with_reference(request, self.outputs, self.references, self.url_policy)
         if request.enable_hr and not isinstance(request, Img2Img):
             request = request.replace(hr_upscaler=self.upscalers.check(request.hr_upscaler))
@@ -418,27 +364,37 @@ class Engine:
         final_size = (hires_plan.width, hires_plan.height) if hires_plan else (request.width, request.height)
         self._set_vae_tiling(model, *final_size)
         extra = self.embeddings.infotext(request.prompt, request.negative_prompt)
+        model_prompt, tags = lora.extract(request.prompt)
+        loras = self.loras.resolve(tags)  # again: a file may have gone while the job waited
+        if loras:
+            extra = {**extra, "Lora hashes": self.loras.infotext_value(loras)}
+        # The model reads the prompt without its tags; infotexts and saved fields keep it as written.
+        model_request = request.replace(prompt=model_prompt)
         texts = [
             infotext.infotext(request, s, request.width, request.height, model.name, model.model_hash, subseed, extra)
             for s, subseed in zip(seeds, subseeds, strict=True)
         ]
         paths: list[Path] = []
-        for batch in range(request.batch_count):
-            span = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
-            finished = self._denoise(
-                model, request, seeds[span], subseeds[span], job, on_progress, preview_every, hires_plan
-            )
-            if job.skipping:  # the rest of this batch was skipped: the next one runs in full
-                job._skip.clear()
-                notes.append(f"batch {batch + 1} was skipped at step {job.step} and kept as it was")
-            if save:
-                saved = self._save(finished, texts[span], seeds[span], request, model, notes)
-                paths += saved
-                job.paths += saved
-            job.images += finished
+        # Applied once around every batch (and a hires pass); taken off however the job ends.
+        with lora.applied(model.pipe, loras, self.loras) as applied_loras:
+            for batch in range(request.batch_count):
+                span = slice(batch * request.batch_size, (batch + 1) * request.batch_size)
+                finished = self._denoise(
+                    model, model_request, seeds[span], subseeds[span], job, on_progress, preview_every, hires_plan
+                )
+                if job.skipping:  # the rest of this batch was skipped: the next one runs in full
+                    job.skip_done()
+                    notes.append(f"batch {batch + 1} was skipped at step {job.step} and kept as it was")
+                if save:
+                    saved = self._save(finished, texts[span], seeds[span], request, model, notes)
+                    paths += saved
+                    job.paths += saved
+                job.images += finished
         job.state = "done"
         ended = time.perf_counter()
         timings = {"queue_s": started - queued, "load_s": loaded - started, "generate_s": ended - loaded}
+        if loras:
+            timings["lora_s"] = applied_loras.apply_seconds + applied_loras.remove_seconds
         return Result(
             list(job.images), seeds, texts, request, model.name, model.model_hash, timings, notes, paths, subseeds
         )

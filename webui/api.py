@@ -31,6 +31,7 @@ from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, T
 from pipelines.xyz.job import from_a1111_script, submit_plot
 from presets.store import PresetError, PresetLibrary
 
+from .api_lists import add_list_routes
 from .guard import LoginBrake, client_address, too_many_failures
 
 log = logging.getLogger(__name__)
@@ -308,6 +309,7 @@ def mount_api(
     router.add_api_route("/txt2img", generate("txt2img"), methods=["POST"], summary="Text to image (A1111 fields)")
     router.add_api_route("/img2img", generate("img2img"), methods=["POST"], summary="Image to image / inpaint")
     _add_info_routes(router, engine, library, flags)
+    add_list_routes(router, engine)
     _add_job_routes(router, engine, state, guard)
     app.include_router(router)
 
