@@ -12,6 +12,7 @@ from pipelines import samplers
 from pipelines.engine import Engine
 from presets.store import PresetLibrary
 
+from .lora_ui import build_lora_controls
 from .presets_ui import PresetControls, build_preset_controls, wire_style_controls
 from .reference_ui import build_reference_controls
 
@@ -110,8 +111,8 @@ def build_variation_controls(mode: str) -> dict[str, gr.components.Component]:
             subseed = gr.Number(-1, label="Variation seed (-1: random)", precision=0, minimum=-1, scale=2)
             strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength", scale=3)
         with gr.Row():
-            from_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width (0: off)")
-            from_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height (0: off)")
+            from_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width", info="0: off")
+            from_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height", info="0: off")
     return {"subseed": subseed, "subseed_strength": strength, "seed_resize_from_w": from_w,
             "seed_resize_from_h": from_h}  # fmt: skip
 
@@ -123,12 +124,14 @@ def build_hires_controls(engine: Engine) -> dict[str, gr.components.Component]:
                              elem_id="txt2img-enable-hr")  # fmt: skip
         with gr.Row():
             upscaler = gr.Dropdown(engine.upscaler_names(), value="Latent", label="Upscaler", scale=2)
-            steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: as the first pass)", scale=2)
+            steps = gr.Slider(
+                0, 150, value=0, step=1, label="Hires steps", info="0: as many as the first pass", scale=2
+            )
             strength = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength", scale=2)
         with gr.Row():
             scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by")
-            resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to (0: by the scale)")
-            resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0: by the scale)")
+            resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to", info="0: upscale by")
+            resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to", info="0: upscale by")
     return {"enable_hr": enable, "hr_upscaler": upscaler, "hr_second_pass_steps": steps,
             "denoising_strength": strength, "hr_scale": scale, "hr_resize_x": resize_x,
             "hr_resize_y": resize_y}  # fmt: skip
@@ -147,6 +150,7 @@ def build_generation_widgets(
             prompt, negative, prompt_tokens, negative_tokens = build_prompt_boxes(engine, mode)
             fields: dict[str, gr.components.Component] = {"prompt": prompt, "negative_prompt": negative}
             presets = build_preset_controls(library, mode)
+            build_lora_controls(engine, mode, prompt)
             wire_style_controls(library, engine.count_tokens, presets, prompt, negative)
             if mode_controls is not None:
                 fields |= mode_controls()
