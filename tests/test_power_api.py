@@ -14,14 +14,21 @@ import webuiapi
 from conftest import free_port
 
 import launch
+from pipelines.engine import Engine
+from tests.test_lora import write_peft_lora
 
 TIMEOUT = 120
 FAST = {"steps": 4, "width": 64, "height": 64, "seed": 21, "sampler_name": "Euler", "cfg_scale": 6.0}
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webuiapi.WebUIApi]:
-    tmp = tmp_path_factory.mktemp("power-api")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("power-api")
+
+
+@pytest.fixture(scope="module")
+def api(models: Path) -> Iterator[webuiapi.WebUIApi]:
+    tmp = models
     port = free_port()
     args = launch.parse_args(
         ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
@@ -96,3 +103,18 @@ def test_the_upscaler_lists_match_a1111s_shapes(api: webuiapi.WebUIApi, tmp_path
     scripts = httpx.get(f"{_base(api)}/scripts", timeout=TIMEOUT).json()
     assert "x/y/z plot" in scripts["txt2img"]
     assert json.loads(json.dumps(api.get_embeddings())) == {"loaded": {}, "skipped": {}}
+
+
+def test_lora_tags_over_rest_and_unknown_names_are_a_422(api: webuiapi.WebUIApi, models: Path, engine: Engine) -> None:
+    unknown = httpx.post(f"{_base(api)}/txt2img", timeout=TIMEOUT, json={"prompt": "x <lora:ink:0.8>", **FAST})
+    assert unknown.status_code == 422 and "ink" in unknown.text and "no LoRA files" in unknown.text
+    folder = models / "models" / "Lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_peft_lora(engine.manager.get("builtin:demo").pipe.unet, folder / "ink.safetensors")
+    assert [item["name"] for item in api.get_loras()] == ["ink"]
+    plain = api.txt2img(prompt="a green triangle", **FAST)
+    inked = api.txt2img(prompt="a green triangle <lora:ink:1>", **FAST)
+    assert np.abs(_rgb(inked.image) - _rgb(plain.image)).mean() > 0.5
+    assert 'Lora hashes: "ink: ' in inked.info["infotexts"][0]
+    after = api.txt2img(prompt="a green triangle", **FAST)
+    assert np.array_equal(_rgb(after.image), _rgb(plain.image))
