@@ -17,6 +17,10 @@ from PIL import Image, ImageDraw
 # Tests talk to 127.0.0.1 only: no usage reports from Gradio or the hub client.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share the cores: one torch thread each, or their thread pools fight
+    # (set before torch is imported, below).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pipelines.engine import Engine
 from pipelines.settings import EngineSettings
