@@ -5,6 +5,7 @@ without it, outside CI)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,10 @@ def test_a_gallery_picture_can_be_sent_to_the_reference(page: Any) -> None:
     page.locator("#txt2img-status").get_by_text("Done in").wait_for(timeout=90_000)
     page.get_by_role("tab", name="Gallery").click()
     page.locator("#gallery-grid img[src*='gradio_api/file=']").first.click()
+    # The selection reaches the server before Use as reference may be clicked (a slow machine lags).
+    from playwright.sync_api import expect
+
+    expect(page.locator("#gallery-parameters textarea")).to_have_value(re.compile("a yellow square"), timeout=15_000)
     page.locator("#gallery-send-reference").click()
     page.locator("#txt2img-reference-image img").first.wait_for(timeout=15_000)
     assert page.get_by_role("tab", name="Text to Image").get_attribute("aria-selected") == "true"

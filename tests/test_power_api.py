@@ -14,7 +14,8 @@ import webuiapi
 from conftest import free_port
 
 import launch
-from pipelines.engine import Engine
+from pipelines.manager import PipelineManager
+from pipelines.settings import EngineSettings
 from tests.test_lora import write_peft_lora
 
 TIMEOUT = 120
@@ -105,12 +106,14 @@ def test_the_upscaler_lists_match_a1111s_shapes(api: webuiapi.WebUIApi, tmp_path
     assert json.loads(json.dumps(api.get_embeddings())) == {"loaded": {}, "skipped": {}}
 
 
-def test_lora_tags_over_rest_and_unknown_names_are_a_422(api: webuiapi.WebUIApi, models: Path, engine: Engine) -> None:
+def test_lora_tags_over_rest_and_unknown_names_are_a_422(api: webuiapi.WebUIApi, models: Path) -> None:
     unknown = httpx.post(f"{_base(api)}/txt2img", timeout=TIMEOUT, json={"prompt": "x <lora:ink:0.8>", **FAST})
     assert unknown.status_code == 422 and "ink" in unknown.text and "no LoRA files" in unknown.text
     folder = models / "models" / "Lora"
     folder.mkdir(parents=True, exist_ok=True)
-    write_peft_lora(engine.manager.get("builtin:demo").pipe.unet, folder / "ink.safetensors")
+    # A UNet of the demo's shape, from a manager of this test's own (the shared engine's may be unloaded).
+    demo = PipelineManager(EngineSettings(models_dir=models / "own", outputs_dir=models / "own")).get("builtin:demo")
+    write_peft_lora(demo.pipe.unet, folder / "ink.safetensors")
     assert [item["name"] for item in api.get_loras()] == ["ink"]
     plain = api.txt2img(prompt="a green triangle", **FAST)
     inked = api.txt2img(prompt="a green triangle <lora:ink:1>", **FAST)

@@ -52,7 +52,7 @@ def build_gallery_tab(engine: Engine) -> GalleryWidgets:
         with gr.Column(scale=2):
             large = gr.Image(label="Selected", type="filepath", interactive=False, height=360)
             large_clip = gr.Video(label="Selected clip", interactive=False, height=360, visible=False)
-            parameters = gr.Textbox(label="Parameters", lines=5, interactive=False)
+            parameters = gr.Textbox(label="Parameters", lines=5, interactive=False, elem_id="gallery-parameters")
             with gr.Row():
                 reuse = gr.Button("Reuse parameters", size="sm")
                 send_img2img = gr.Button("Send to Image to Image", size="sm")
