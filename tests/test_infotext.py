@@ -211,7 +211,7 @@ def test_unknown_samplers_are_dropped_and_unknown_schedules_fall_back() -> None:
     fields = request_fields(parse_infotext("x\nSteps: 20, Sampler: Restart, Schedule type: Karras, Seed: 9"))
     assert "sampler_name" not in fields and "schedule_type" not in fields
     assert fields["steps"] == 20 and fields["seed"] == 9
-    fields = request_fields({"Sampler": "Euler", "Schedule type": "SGM Uniform"})
+    fields = request_fields({"Sampler": "Euler", "Schedule type": "Align Your Steps"})
     assert (fields["sampler_name"], fields["schedule_type"]) == ("Euler", "Automatic")
 
 
