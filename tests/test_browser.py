@@ -128,6 +128,19 @@ def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) 
     assert np.abs(out[58:70, 50:78] - np.array(BLUE)).mean() > 10, "nothing was redrawn under the stroke"
 
 
+def test_picking_a_few_step_sampler_brings_the_cfg_and_steps_it_needs(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("#txt2img-sampler input").click()
+    page.get_by_role("option", name="LCM", exact=True).click()
+    expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("1.5", timeout=10_000)
+    expect(page.locator("#txt2img-steps input[type=number]")).to_have_value("4")
+    page.locator("#txt2img-sampler input").click()
+    page.get_by_role("option", name="Euler a", exact=True).click()
+    page.wait_for_timeout(500)  # a sampler without a suggestion leaves the values as they are
+    expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("1.5")
+
+
 def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, server: str) -> None:
     page.get_by_label("Prompt", exact=True).first.fill("a quiet harbour")
     page.locator("#txt2img-seed input").fill("1234")

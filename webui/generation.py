@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from pipelines import samplers
 from pipelines.engine import Engine, Job, Result
 from pipelines.errors import AtelierError, Interrupted
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 REQUESTS = {"txt2img": Txt2Img, "img2img": Img2Img, "inpaint": Inpaint}
 POLL_SECONDS = 0.3
 PREVIEW_EVERY = 3
+SUGGESTED = ("cfg_scale", "steps", "schedule_type")  # what a few-step sampler or a turbo model sets
 
 
 def build_txt2img_tab(engine: Engine, library: PresetLibrary) -> GenerationWidgets:
@@ -183,7 +185,24 @@ def wire_generation(
         jobs.skip(request.session_hash or "anonymous")
 
     widgets.skip.click(skip, None, None, queue=False)
+    _wire_suggestions(widgets, model_picker)
     return run
+
+
+def _wire_suggestions(widgets: GenerationWidgets, model_picker: gr.Dropdown) -> None:
+    """A few-step sampler or a turbo model picked by hand brings the CFG, steps and schedule it needs
+    (LCM 1.5/4, turbo 0/1); values set by Reuse or a preset are left alone (``input``, not ``change``)."""
+    suggested = [widgets.fields[name] for name in SUGGESTED]
+
+    def suggest(sampler: str | None, model: str | None) -> list[Any]:
+        fields = samplers.suggested_fields(sampler or "", model or "")
+        return [fields.get(name, gr.skip()) for name in SUGGESTED]
+
+    sampler = widgets.fields["sampler_name"]
+    if not isinstance(sampler, gr.Dropdown):
+        raise TypeError(f"the sampler widget must be a Dropdown, got {type(sampler).__name__}")
+    for picker in (sampler, model_picker):
+        picker.input(suggest, [sampler, model_picker], suggested, queue=False, show_progress="hidden")
 
 
 def _stream(

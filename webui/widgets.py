@@ -81,11 +81,17 @@ def build_prompt_boxes(engine: Engine, mode: str) -> tuple[gr.Textbox, gr.Textbo
 
 def build_sampling_controls(native_size: int, mode: str) -> dict[str, gr.components.Component]:
     with gr.Row():
-        sampler = gr.Dropdown(samplers.sampler_names(), value=samplers.DEFAULT_SAMPLER, label="Sampler", scale=2)
+        sampler = gr.Dropdown(
+            samplers.sampler_names(),
+            value=samplers.DEFAULT_SAMPLER,
+            label="Sampler",
+            scale=2,
+            elem_id=f"{mode}-sampler",
+        )
         schedule = gr.Dropdown(list(samplers.SCHEDULE_TYPES), value=samplers.DEFAULT_SCHEDULE, label="Schedule type")
     with gr.Row():
         steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id=f"{mode}-steps")
-        cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale")
+        cfg = gr.Slider(0, 30, value=7, step=0.5, label="CFG scale", elem_id=f"{mode}-cfg")
     with gr.Row():
         width = gr.Slider(64, 2048, value=native_size, step=8, label="Width", elem_id=f"{mode}-width")
         height = gr.Slider(64, 2048, value=native_size, step=8, label="Height", elem_id=f"{mode}-height")
