@@ -20,6 +20,7 @@ from .errors import BadRequest, ModelUnavailable
 log = logging.getLogger(__name__)
 
 BUILTIN_DEMO = "builtin:demo"
+BUILTIN_LIVE = "builtin:demo-live"  # the demo distilled to draw in one step (pipelines/live_model.py)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _MAX_SCAN = 10_000  # files looked at per models-folder scan, so a huge folder cannot stall the page
 _MAX_DEPTH = 4
@@ -39,6 +40,8 @@ class ModelEntry:
 
     @property
     def title(self) -> str:
+        if self.location == BUILTIN_LIVE:
+            return "Atelier demo (live, 1 step): the demo distilled for live mode (built in, 64 px)"
         if self.source == "builtin":
             return "Atelier demo: coloured shapes, sun, house, tree (built in, 64 px, no download)"
         if self.source == "hub" and self.cached:
@@ -116,8 +119,8 @@ def list_local(models_dir: Path) -> list[ModelEntry]:
 
 def resolve(name: str, models_dir: Path) -> ModelEntry:
     """The entry a model name refers to; raises ``BadRequest`` for names that try to leave the folder."""
-    if name == BUILTIN_DEMO:
-        return ModelEntry(BUILTIN_DEMO, "builtin", BUILTIN_DEMO)
+    if name in (BUILTIN_DEMO, BUILTIN_LIVE):
+        return ModelEntry(name, "builtin", name)
     relative = PurePosixPath(name.replace("\\", "/"))
     if not name or relative.is_absolute() or ".." in relative.parts or ":" in name or "\x00" in name:
         raise BadRequest(f"model name {name!r} must be a name inside the models folder, a hub id or {BUILTIN_DEMO}")
@@ -130,5 +133,5 @@ def resolve(name: str, models_dir: Path) -> ModelEntry:
     if _HUB_ID.match(name):
         curated = {entry.name: entry for entry in CURATED_HUB}
         return curated.get(name, ModelEntry(name, "hub", name))
-    known = [BUILTIN_DEMO] + [entry.name for entry in list_local(models_dir)]
+    known = [BUILTIN_DEMO, BUILTIN_LIVE] + [entry.name for entry in list_local(models_dir)]
     raise ModelUnavailable(name, f"no such file in {models_dir} and not a hub id; known models: {', '.join(known)}")

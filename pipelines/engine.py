@@ -71,9 +71,9 @@ class Engine:
 
     # -- what is available -----------------------------------------------------------------
     def list_models(self) -> list[catalog.ModelEntry]:
-        builtin = catalog.ModelEntry(catalog.BUILTIN_DEMO, "builtin", catalog.BUILTIN_DEMO)
+        builtin = [catalog.ModelEntry(name, "builtin", name) for name in (catalog.BUILTIN_DEMO, catalog.BUILTIN_LIVE)]
         hub = [catalog.with_cache_state(entry) for entry in catalog.CURATED_HUB]
-        return [builtin, *catalog.list_local(self.settings.models_dir), *hub]
+        return [*builtin, *catalog.list_local(self.settings.models_dir), *hub]
 
     def upscaler_names(self) -> list[str]:
         """The hires fix's upscalers, A1111's names first, then the model files in models/ESRGAN."""

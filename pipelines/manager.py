@@ -122,6 +122,11 @@ class PipelineManager:
         if entry.source == "builtin":
             pipe = loading.load_builtin_demo(self.dtype)
             model_hash = self._folder_hash(loading.DEMO_FOLDER) if loading.demo_is_trained() else model_hash
+            if entry.name == catalog.BUILTIN_LIVE:
+                from . import live_model
+
+                pipe = live_model.load_live(pipe)
+                model_hash = self._hash(live_model.SHIPPED / live_model.WEIGHTS)
         elif entry.source == "folder":
             pipe = loading.load_folder(Path(entry.location), self.dtype)
             family, inpainting = _family_of(pipe), pipe.unet.config.in_channels == 9

@@ -130,12 +130,16 @@ def build_scheduler(base_config: dict[str, Any], sampler_name: str, schedule_typ
     tcd = sampler.scheduler_class == "TCDScheduler"
     cls: Any = _tcd_with_gamma() if tcd else getattr(diffusers, sampler.scheduler_class)
     options = dict(sampler.options)
+    accepted = inspect.signature(cls.__init__).parameters
     flag = SCHEDULE_TYPES[schedule]
     if flag is not None:
         option, value = (flag, True) if isinstance(flag, str) else flag
-        if option in inspect.signature(cls.__init__).parameters:
+        if option in accepted:
             options[option] = value
-    return cls.from_config(base_config, **options)
+    # Another scheduler's own options (PNDM's skip_prk_steps in SD's config) would be ignored with a
+    # warning on every request: left out here instead. Private keys (_class_name ...) stay.
+    config = {key: value for key, value in dict(base_config).items() if key.startswith("_") or key in accepted}
+    return cls.from_config(config, **options)
 
 
 @functools.cache
