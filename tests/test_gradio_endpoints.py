@@ -29,6 +29,7 @@ PUBLIC = {
     "/prompts_from_list",
     "/make_dataset",
     "/xyz_plot",
+    "/live",
     "/list_presets",
     "/save_preset",
     "/apply_preset",

@@ -17,6 +17,7 @@ from .batch_ui import build_batch_controls, register_batch_api, wire_batch
 from .endpoints import register_generation_api
 from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
 from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
+from .live_ui import build_live_controls, register_live_api, wire_live
 from .pnginfo_tab import build_png_info_tab, fields_from_image
 from .presets_tab import PresetsTab, build_presets_tab
 from .presets_ui import (
@@ -42,6 +43,7 @@ PUBLIC_ENDPOINTS = (
     "prompts_from_list",
     "make_dataset",
     "xyz_plot",
+    "live",
     "list_presets",
     "save_preset",
     "apply_preset",
@@ -56,6 +58,7 @@ CSS = """
 #atelier-title h1 { margin: 0; font-size: 1.5em; }
 /* One result fills the panel's width: keep it short enough to be seen whole, not cropped. */
 .results-gallery .thumbnail-item { max-height: 520px; }
+#txt2img-live-image img, #inpaint-live-image img { width: 100%; height: 100%; object-fit: contain; }
 """
 
 
@@ -118,12 +121,14 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         with gr.Tabs() as tabs:
             with gr.Tab(TAB_LABELS[0], id="txt2img"):
                 txt2img = build_txt2img_tab(engine, library)
+                txt2img_live = build_live_controls(engine, txt2img)
                 xyz = build_xyz_controls(engine, txt2img)
                 batch = build_batch_controls(engine, txt2img)
             with gr.Tab(TAB_LABELS[1], id="img2img"):
                 img2img = build_img2img_tab(engine, library)
             with gr.Tab(TAB_LABELS[2], id="inpaint"):
                 inpaint = build_inpaint_tab(engine, library)
+                inpaint_live = build_live_controls(engine, inpaint)
             with gr.Tab(TAB_LABELS[3], id="animation"):
                 build_animation_tab(engine, library, jobs)
             with gr.Tab(TAB_LABELS[4], id="gallery") as gallery_tab:
@@ -151,6 +156,9 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         register_animation_api(engine)
         register_batch_api(engine)
         register_xyz_api(engine)
+        register_live_api(engine)
+        wire_live(engine, jobs, txt2img, txt2img_live, top.model, library)
+        wire_live(engine, jobs, inpaint, inpaint_live, top.model, library)
         app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
         _wire_gallery_actions(engine, gallery, txt2img, img2img, inpaint, tabs)
         _wire_top_bar(engine, top, tuple(generation_tabs.values()))
