@@ -136,7 +136,7 @@ def wire_style_controls(
         return final_prompt_text(library, count, *values)
 
     for trigger in (prompt.change, negative.change, controls.styles.change, controls.negatives.change):
-        trigger(preview, inputs, controls.preview, queue=False, show_progress="hidden")
+        trigger(preview, inputs, controls.preview, queue=False, show_progress="hidden", trigger_mode="always_last")
 
     def apply(text: str, negative_text: str, styles: list[str], negatives: list[str]) -> tuple[Any, ...]:
         if not styles and not negatives:

@@ -72,10 +72,10 @@ def build_prompt_boxes(engine: Engine, mode: str) -> tuple[gr.Textbox, gr.Textbo
         label="Negative prompt", lines=2, placeholder="blurry, low quality", elem_id=f"{mode}-negative"
     )
     negative_tokens = gr.Markdown(token_text(engine, ""), elem_classes=["token-counter"])
-    prompt.change(lambda text: token_text(engine, text), prompt, prompt_tokens, queue=False, show_progress="hidden")
-    negative.change(
-        lambda text: token_text(engine, text), negative, negative_tokens, queue=False, show_progress="hidden"
-    )
+    # Every key press changes the box: only the newest text is counted when the server lags behind.
+    for box, counter in ((prompt, prompt_tokens), (negative, negative_tokens)):
+        box.change(lambda text: token_text(engine, text), box, counter, queue=False, show_progress="hidden",
+                   trigger_mode="always_last")  # fmt: skip
     return prompt, negative, prompt_tokens, negative_tokens
 
 
