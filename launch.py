@@ -142,6 +142,10 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
         prevent_thread_lock=True,
         css=CSS,
         quiet=True,
+        # Gradio's own "is localhost reachable" probe gives up after one 3 s HEAD of the page, which a
+        # busy CPU (a job on it, a big page to render) can exceed: the server then refused to start.
+        # The server is ours and local; the probe exists for notebooks. Skipping it changes nothing else.
+        _frontend=False,
         app_kwargs={
             "lifespan": _closes(engine),
             "routes": routes,  # in place before the server answers: no 404s right after start
