@@ -30,6 +30,7 @@ PUBLIC = {
     "/make_dataset",
     "/xyz_plot",
     "/live",
+    "/train_lora",
     "/list_presets",
     "/save_preset",
     "/apply_preset",

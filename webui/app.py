@@ -32,6 +32,7 @@ from .presets_ui import (
 from .reference_ui import kept_reference
 from .settings_tab import THEME_JS, apply_settings, build_settings_tab, loaded_table
 from .state import JobBoard, SettingsStore
+from .train_tab import build_train_tab, register_train_api
 from .widgets import GenerationWidgets, grid_size
 from .xyz_ui import build_xyz_controls, register_xyz_api, wire_xyz
 
@@ -44,12 +45,14 @@ PUBLIC_ENDPOINTS = (
     "make_dataset",
     "xyz_plot",
     "live",
+    "train_lora",
     "list_presets",
     "save_preset",
     "apply_preset",
     "delete_preset",
 )
-TAB_LABELS = ("Text to Image", "Image to Image", "Inpaint", "Animation", "Gallery", "Presets", "PNG Info", "Settings")
+TAB_LABELS = ("Text to Image", "Image to Image", "Inpaint", "Animation", "Train", "Gallery", "Presets", "PNG Info",
+              "Settings")  # fmt: skip
 CSS = """
 .token-counter { text-align: right; font-size: 0.8em; opacity: 0.7; }
 .token-counter .over { color: #c2410c; opacity: 1; font-weight: 600; }
@@ -131,13 +134,15 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
                 inpaint_live = build_live_controls(engine, inpaint)
             with gr.Tab(TAB_LABELS[3], id="animation"):
                 build_animation_tab(engine, library, jobs)
-            with gr.Tab(TAB_LABELS[4], id="gallery") as gallery_tab:
+            with gr.Tab(TAB_LABELS[4], id="train"):
+                build_train_tab(engine, jobs)
+            with gr.Tab(TAB_LABELS[5], id="gallery") as gallery_tab:
                 gallery = build_gallery_tab(engine)
-            with gr.Tab(TAB_LABELS[5], id="presets"):
+            with gr.Tab(TAB_LABELS[6], id="presets"):
                 presets_tab = build_presets_tab(library)
-            with gr.Tab(TAB_LABELS[6], id="pnginfo"):
+            with gr.Tab(TAB_LABELS[7], id="pnginfo"):
                 png_info_area = gr.Column()
-            with gr.Tab(TAB_LABELS[7], id="settings") as settings_tab:
+            with gr.Tab(TAB_LABELS[8], id="settings") as settings_tab:
                 theme, cache_table = build_settings_tab(engine, settings, saved)
         generation_tabs = {w.mode: w for w in (txt2img, img2img, inpaint)}
         with png_info_area:  # built after the tabs it sends to exist
@@ -157,6 +162,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         register_batch_api(engine)
         register_xyz_api(engine)
         register_live_api(engine)
+        register_train_api(engine)
         wire_live(engine, jobs, txt2img, txt2img_live, top.model, library)
         wire_live(engine, jobs, inpaint, inpaint_live, top.model, library)
         app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
