@@ -64,6 +64,18 @@ class WarningRecords(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def serve_studio(tmp: Path, *flags: str) -> tuple[Any, str]:
+    """A real Atelier server on 127.0.0.1 with its folders under ``tmp``: (the app, its URL)."""
+    import launch
+
+    port = free_port()
+    args = launch.parse_args(
+        ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
+         "--models-dir", str(tmp / "models"), *flags]
+    )  # fmt: skip
+    return launch.serve(args, prevent_thread_lock=True), f"http://127.0.0.1:{port}/"
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for a test server."""
     with socket.socket() as probe:

@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import serve_studio
 from PIL import Image
-
-import launch
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 RESULTS = "#txt2img-results img[src*='gradio_api/file=']"
@@ -23,13 +21,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp, port = tmp_path_factory.mktemp("browser-batch"), free_port()
-    args = launch.parse_args(
-        ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
-         "--models-dir", str(tmp / "models")]
-    )  # fmt: skip
-    app = launch.serve(args, prevent_thread_lock=True)
-    yield f"http://127.0.0.1:{port}/"
+    app, url = serve_studio(tmp_path_factory.mktemp("browser-batch"))
+    yield url
     app.close()
 
 
