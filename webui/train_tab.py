@@ -65,7 +65,7 @@ def build_train_tab(engine: Engine, jobs: JobBoard) -> TrainWidgets:
             status = gr.Markdown("", elem_id="train-status")
             # Empty at first: a line plot built on an empty table never draws the lines it gets later.
             plot = gr.LinePlot(
-                None, x="step", y="loss", color="series", label="Loss per step", height=260, elem_id="train-loss"
+                None, x="step", y="loss", color="series", label="Loss per step", height=300, elem_id="train-loss"
             )
             samples = gr.Gallery(label="Samples", columns=4, height=260, elem_id="train-samples")
             result = gr.Markdown("", elem_id="train-result")
@@ -151,7 +151,10 @@ def settings_from(values: dict[str, Any]) -> TrainSettings:
 
 
 # -- the predicted size ------------------------------------------------------------------------
-def _size_text(engine: Engine, model_name: str, rank: Any, text_encoder: bool, name: str, overwrite: bool) -> str:
+def _size_text(
+    engine: Engine, model_name: str, rank: Any, text_encoder: bool, name: str, overwrite: bool,
+    just_trained: bool = False,
+) -> str:  # fmt: skip
     lines = []
     loaded = {model.name: model for model in engine.manager.loaded()}
     model = loaded.get(model_name or engine.default_model)
@@ -169,6 +172,9 @@ def _size_text(engine: Engine, model_name: str, rank: Any, text_encoder: bool, n
         problems = train.name_problems(name)
         if problems:
             lines.append(f"⚠ {problems[0]}")
+        elif train.lora_path(engine, name).exists() and just_trained and not overwrite:
+            again = "to train it again, tick “Replace” or pick another name"
+            lines.append(f"“{name.strip()}” is the LoRA just trained: {again}.")
         elif train.lora_path(engine, name).exists():
             replace = "it will be replaced" if overwrite else "tick “Replace” to train over it, or pick another name"
             lines.append(f"⚠ A LoRA named “{name.strip()}” exists: {replace}.")
@@ -240,7 +246,7 @@ def _wire_run(engine: Engine, jobs: JobBoard, widgets: TrainWidgets) -> None:
         try:
             yield from _stream(future, job, progress)
             size = _size_text(engine, values["model"], values["rank"], values["train_text_encoder"], values["name"],
-                              values["overwrite"])  # fmt: skip
+                              values["overwrite"], just_trained=True)  # fmt: skip
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), size
         finally:
             job.interrupt() if job.state in ("queued", "running") else None  # the browser went away
@@ -270,7 +276,7 @@ def _stream(future: Future[TrainResult], job: Job, progress: TrainProgress) -> A
             continue
         gallery = _gallery(progress) if count != shown_samples else gr.skip()
         shown_step, shown_samples = step, count
-        yield _status(progress), loss_table(list(progress.losses)), gallery, gr.skip(), gr.skip()
+        yield _status(progress), _plot(list(progress.losses)), gallery, gr.skip(), gr.skip()
     try:
         result = future.result()
     except AtelierError as exc:
@@ -278,7 +284,13 @@ def _stream(future: Future[TrainResult], job: Job, progress: TrainProgress) -> A
     except Exception as exc:
         log.error("LoRA training failed", exc_info=exc)
         raise gr.Error(f"Training failed ({type(exc).__name__}: {exc}). Details are in the server log.") from exc
-    yield _status(progress, result), loss_table(result.losses), _gallery(progress), _summary(result), gr.skip()
+    yield _status(progress, result), _plot(result.losses), _gallery(progress), _summary(result), gr.skip()
+
+
+def _plot(losses: list[float]) -> pd.DataFrame | None:
+    # An empty table leaves Gradio's plot without its lines for good (axes only, whatever data comes
+    # next), so the plot is cleared instead until the first loss arrives.
+    return loss_table(losses) if losses else None
 
 
 def _gallery(progress: TrainProgress) -> list[tuple[Any, str]]:
