@@ -137,6 +137,19 @@ def test_job_board_keeps_sessions_apart() -> None:
     assert board.stop("alice") is False
 
 
+def test_job_board_keeps_a_sessions_training_apart_from_its_pictures() -> None:
+    board = JobBoard()
+    training = board.start("alice", "train")
+    picture = board.start("alice")  # a picture started while the LoRA trains
+    assert board.stop("alice") and picture.interrupted and not training.interrupted
+    assert board.stop("alice", "train") and training.interrupted
+    board.finish("alice", picture)
+    board.finish("alice", training)  # the wrong kind: the training's entry stays
+    assert board.stop("alice", "train")
+    board.finish("alice", training, "train")
+    assert board.stop("alice", "train") is False
+
+
 def test_reuse_fills_fields_by_name(studio: Studio) -> None:
     fields = studio.tabs["inpaint"].fields
     wanted = {name: fields[name] for name in ("prompt", "steps", "only_masked", "seed")}

@@ -175,21 +175,25 @@ class SettingsStore:
 
 
 class JobBoard:
-    """Which browser session runs which job, so Stop only ever stops the clicker's own job."""
+    """Which browser session runs which job, so Stop only ever stops the clicker's own job.
+
+    A session holds one job of each ``kind``: a LoRA training ("train") runs for minutes beside the
+    pictures its owner keeps generating, and the Train tab's Stop must not end a picture, nor the
+    picture's Stop the training."""
 
     def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[tuple[str, str], Job] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str) -> Job:
+    def start(self, session: str, kind: str = "generate") -> Job:
         job = Job()
         with self._lock:
-            self._jobs[session] = job
+            self._jobs[session, kind] = job
         return job
 
-    def stop(self, session: str) -> bool:
+    def stop(self, session: str, kind: str = "generate") -> bool:
         with self._lock:
-            job = self._jobs.get(session)
+            job = self._jobs.get((session, kind))
         if job is None or job.state in ("done", "failed", "interrupted"):
             return False
         job.interrupt()
@@ -198,13 +202,13 @@ class JobBoard:
     def skip(self, session: str) -> bool:
         """Skip the rest of the clicker's current batch (their own job only)."""
         with self._lock:
-            job = self._jobs.get(session)
+            job = self._jobs.get((session, "generate"))
         if job is None or job.state != "running":
             return False
         job.skip()
         return True
 
-    def finish(self, session: str, job: Job) -> None:
+    def finish(self, session: str, job: Job, kind: str = "generate") -> None:
         with self._lock:
-            if self._jobs.get(session) is job:
-                del self._jobs[session]
+            if self._jobs.get((session, kind)) is job:
+                del self._jobs[session, kind]

@@ -32,6 +32,7 @@ from .state import JobBoard
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+TRAIN_JOBS = "train"  # the JobBoard kind: the Train tab's Stop and a picture's Stop leave each other alone
 PLOT_POINTS = 400  # the plot thins a long run's per-step losses to this many
 AVERAGE_OF = 20  # steps in the plot's moving average
 WHOLE = ("steps", "rank", "resolution", "batch_size", "seed", "sample_every", "sample_steps", "save_every")
@@ -236,12 +237,12 @@ def _wire_run(engine: Engine, jobs: JobBoard, widgets: TrainWidgets) -> None:
         values = {name: data[widget] for name, widget in widgets.fields.items()}
         paths = [Path(path) for path in data[widgets.files] or []]
         session = request.session_hash or "anonymous"
-        job = jobs.start(session)
+        job = jobs.start(session, TRAIN_JOBS)
         progress = TrainProgress()
         try:
             future = train.submit(engine, settings_from(values), paths, job, progress)
         except (AtelierError, TypeError) as exc:
-            jobs.finish(session, job)
+            jobs.finish(session, job, TRAIN_JOBS)
             raise gr.Error(str(exc)) from exc
         try:
             yield from _stream(future, job, progress)
@@ -250,7 +251,7 @@ def _wire_run(engine: Engine, jobs: JobBoard, widgets: TrainWidgets) -> None:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), size
         finally:
             job.interrupt() if job.state in ("queued", "running") else None  # the browser went away
-            jobs.finish(session, job)
+            jobs.finish(session, job, TRAIN_JOBS)
 
     inputs: set[Any] = {widgets.files, *widgets.fields.values()}
     widgets.train.click(
@@ -259,7 +260,7 @@ def _wire_run(engine: Engine, jobs: JobBoard, widgets: TrainWidgets) -> None:
     )  # fmt: skip
 
     def stop(request: gr.Request) -> None:
-        jobs.stop(request.session_hash or "anonymous")
+        jobs.stop(request.session_hash or "anonymous", TRAIN_JOBS)
 
     widgets.stop.click(stop, None, None, queue=False)
 
