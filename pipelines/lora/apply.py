@@ -290,6 +290,12 @@ def _diffusers_unet_names(kohya: dict[str, torch.Tensor], pipe: Any) -> dict[str
         return dict(kohya)
     renamed = dict(state)
     for key, value in (alphas or {}).items():
+        # diffusers keys an attention projection's alpha by its old processor name
+        # (``...attn1.processor.to_k_lora.down.weight.alpha``): back to the module's own name.
+        old = _OLD_PROCESSOR.match(key.removesuffix(".alpha"))
+        if old is not None:
+            stem, projection, _ = old.groups()
+            key = f"{stem}.{_OLD_UNET[projection]}.alpha"
         renamed[key] = torch.tensor(float(value))
     return renamed
 

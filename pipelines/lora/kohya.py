@@ -14,6 +14,21 @@ lora_alpha / r``. Text-encoder names always carry ``text_model_``: transformers 
 ``CLIPTextModel`` (its modules are ``encoder.layers...``), but every reader of these files expects
 the nested names older versions had.
 
+SDXL files differ in two ways. The text encoders are ``lora_te1_`` and ``lora_te2_``. The UNet is
+named the way the original (Stability's "sgm") UNet numbers its blocks, because kohya's trainer
+builds that UNet for SDXL: ``input_blocks`` and ``output_blocks`` are flat lists, one entry per
+resnet (with the attention after it as ``.1``), the first input block being the stem convolution
+and each downsampler taking an entry of its own; ``middle_block.1`` is the middle attention:
+
+    diffusers  down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q
+    kohya      lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q    (2 layers per block)
+    diffusers  mid_block.attentions.0...          kohya  lora_unet_middle_block_1_...
+    diffusers  up_blocks.0.attentions.2...        kohya  lora_unet_output_blocks_2_1_...
+
+These are the names A1111 and ComfyUI match SDXL LoRA files by, and the ones diffusers' kohya
+reader (``_maybe_map_sgm_blocks_to_diffusers``) numbers back; both directions depend on the UNet's
+layers per block (2 in every SDXL; the tests' tiny SDXL has 1).
+
 The metadata holds what the training used, as strings (safetensors metadata is text only), and
 ``sshs_model_hash``: SHA-256 of the bytes after the header, what A1111 shows and matches pictures'
 ``Lora hashes`` by (the same number ``LoraLibrary.short_hash`` computes). Nothing in it depends on
@@ -26,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 from collections import Counter
@@ -48,24 +64,54 @@ BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0",
 _SAFETENSORS_DTYPES = {torch.float16: ("F16", 2), torch.bfloat16: ("BF16", 2), torch.float32: ("F32", 4)}
 
 Layers = Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]  # (part, module) -> (down, up)
+_BLOCK_ATTENTION = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.(.+)$")
+_MIDDLE_ATTENTION = re.compile(r"^mid_block\.attentions\.0\.(.+)$")
 
 
-def kohya_name(part: str, module_name: str, sdxl: bool = False) -> str:
-    """The flat kohya name of one layer: ``lora_unet_down_blocks_0_..._to_q``."""
+def sgm_unet_name(module_name: str, layers_per_block: int = 2) -> str:
+    """A diffusers UNet module inside an attention block, named in the original UNet's block
+    numbering (see the module note): ``down_blocks.1.attentions.0.x`` -> ``input_blocks.4.1.x``."""
+    found = _BLOCK_ATTENTION.match(module_name)
+    if found:
+        kind, block, layer, rest = found.groups()
+        per_block = layers_per_block + 1  # the resnets, and the downsampler or upsampler's place
+        if kind == "down_blocks":
+            return f"input_blocks.{1 + int(block) * per_block + int(layer)}.1.{rest}"
+        return f"output_blocks.{int(block) * per_block + int(layer)}.1.{rest}"
+    found = _MIDDLE_ATTENTION.match(module_name)
+    if found:
+        return f"middle_block.1.{found.group(1)}"
+    raise ValueError(f"{module_name!r} is not in an attention block: SDXL LoRA names cover those only here")
+
+
+def naming(family: str, unet_config: Any) -> tuple[bool, int]:
+    """(SDXL, the UNet's layers per block) for a model of ``family`` (the model manager's): what
+    the names in its LoRA files depend on."""
+    sdxl = family == "sdxl"
+    return sdxl, int(unet_config.layers_per_block) if sdxl else 2
+
+
+def kohya_name(part: str, module_name: str, sdxl: bool = False, layers_per_block: int = 2) -> str:
+    """The flat kohya name of one layer: ``lora_unet_down_blocks_0_..._to_q`` (SD 1.x/2.x),
+    ``lora_unet_input_blocks_4_1_..._to_q`` (SDXL, whose UNet has ``layers_per_block``)."""
     prefixes = SDXL_PART_PREFIXES if sdxl else PART_PREFIXES
     if part not in prefixes:
         raise ValueError(f"LoRA files hold the UNet and the text encoders only, not {part!r}")
     if part != "unet" and not module_name.startswith("text_model."):
         module_name = f"text_model.{module_name}"
+    if part == "unet" and sdxl:
+        module_name = sgm_unet_name(module_name, layers_per_block)
     return prefixes[part] + module_name.replace(".", "_")
 
 
-def kohya_state_dict(layers: Layers, alpha: float, dtype: torch.dtype, sdxl: bool = False) -> dict[str, torch.Tensor]:
+def kohya_state_dict(
+    layers: Layers, alpha: float, dtype: torch.dtype, sdxl: bool = False, layers_per_block: int = 2
+) -> dict[str, torch.Tensor]:
     """``layers`` (peft's ``lora_A``/``lora_B`` weights by part and module) as kohya's entries, on
     the CPU in ``dtype``; every layer gets ``alpha`` (its scale is ``alpha / rank``)."""
     tensors: dict[str, torch.Tensor] = {}
     for (part, module_name), (down, up) in sorted(layers.items()):
-        name = kohya_name(part, module_name, sdxl)
+        name = kohya_name(part, module_name, sdxl, layers_per_block)
         tensors[f"{name}.lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
@@ -91,7 +137,7 @@ class Run:
     model_hash: str
     family: str  # the model manager's: sd1, sd2, sdxl, demo
     prediction: str  # the scheduler's prediction type
-    half_precision: bool
+    mixed_precision: str  # kohya's spelling: fp16, bf16 or no (the model's own precision, float32)
     sizes: list[tuple[int, int]]  # each picture's training size
     probe_before: float
     probe_after: float
@@ -116,7 +162,7 @@ def kohya_fields(settings: TrainSettings, data: DataSet, run: Run) -> dict[str, 
         "ss_resolution": f"({settings.resolution}, {settings.resolution})", "ss_seed": settings.seed,
         "ss_output_name": settings.name, "ss_optimizer": "torch.optim.AdamW(weight_decay=0.01)",
         "ss_lr_scheduler": "constant", "ss_lr_warmup_steps": 0, "ss_max_grad_norm": 1.0,
-        "ss_mixed_precision": "fp16" if run.half_precision else "no", "ss_cache_latents": True,
+        "ss_mixed_precision": run.mixed_precision, "ss_cache_latents": True,
         "ss_enable_bucket": settings.buckets, "ss_shuffle_caption": False, "ss_keep_tokens": 0,
         "ss_flip_aug": False, "ss_color_aug": False, "ss_random_crop": False, "ss_caption_dropout_rate": 0.0,
         "ss_sd_model_name": run.model_name, "ss_sd_model_hash": run.model_hash,
@@ -178,14 +224,14 @@ def serialized(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> by
 
 
 def predicted_bytes(shapes: Mapping[tuple[str, str], tuple[int, int]], rank: int, dtype: torch.dtype,
-                    metadata_bytes: int = 3000, sdxl: bool = False) -> int:  # fmt: skip
+                    metadata_bytes: int = 3000, sdxl: bool = False, layers_per_block: int = 2) -> int:  # fmt: skip
     """The size of the file a LoRA of ``rank`` on layers of (in, out) ``shapes`` takes, before it
     is trained: its tensors' bytes plus its header (names and shapes; the metadata estimated)."""
     name, itemsize = _SAFETENSORS_DTYPES[dtype]
     header: dict[str, Any] = {}
     offset = 0
     for (part, module_name), (fan_in, fan_out) in sorted(shapes.items()):
-        stem = kohya_name(part, module_name, sdxl)
+        stem = kohya_name(part, module_name, sdxl, layers_per_block)
         for suffix, shape in (
             (".alpha", []),
             (".lora_down.weight", [rank, fan_in]),

@@ -13,8 +13,12 @@ and the loaded modules never see them; the shared weights are only read (they ar
 run, and their ``requires_grad`` flags are put back afterwards). Every other job waits for the
 device slot meanwhile, as it would for a generation.
 
+SD 1.x/2.x, the demo model and SDXL train alike; what the UNet is told besides the noisy latents
+(``conditioning``) and the names in the file (``kohya``) differ by family.
+
 Reproducible: the LoRA's start, the order of the pictures, the noise and the timesteps all come
 from the seed, so the same seed and data give the same file, byte for byte, on the same machine.
+On a GPU, a float16 or bfloat16 model trains under autocast: the LoRA's own weights stay float32.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +44,7 @@ from PIL import Image
 from .. import catalog, samplers
 from ..errors import BadRequest
 from . import kohya
+from .conditioning import PromptConditioning, conditioning_for, encode_pictures, sdxl_problems, text_encoder_parts
 from .data import DataSet, collect, folder_files, prepared, training_sizes
 from .files import SUFFIX
 
@@ -61,6 +67,7 @@ SAMPLE_CFG = 7.0
 MAX_STEPS = 100_000
 MAX_RANK = 256
 _BAD_NAME_CHARACTERS = '/\\:<>"|?*'
+_HALF = {torch.float16: "fp16", torch.bfloat16: "bf16"}  # kohya's names for mixed precision
 _PROBES = 8  # fixed (picture, noise, timestep) triples the loss is measured on before and after
 
 
@@ -256,8 +263,8 @@ def run(engine: Engine, settings: TrainSettings, data: DataSet, job: Job, progre
 def _resolved(engine: Engine, model: LoadedModel, settings: TrainSettings) -> TrainSettings:
     """The settings with every "model's own" value filled in; ``BadRequest`` for a model this
     cannot train."""
-    if model.family == "sdxl":
-        raise BadRequest(f"{model.name} is an SDXL model: LoRA training here covers SD 1.x/2.x models for now")
+    if model.family == "sdxl" and (problems := sdxl_problems(model.name, model.pipe)):
+        raise BadRequest(problems)
     if "txt2img" not in model.modes:
         raise BadRequest(f"{model.name} is an inpainting checkpoint: train a LoRA on a regular model")
     if engine.settings.offload != "none" and engine.manager.device.type != "cpu":
@@ -281,7 +288,7 @@ def layer_shapes(model: LoadedModel, text_encoder: bool) -> dict[tuple[str, str]
     shapes: dict[tuple[str, str], tuple[int, int]] = {}
     parts = [("unet", model.pipe.unet, UNET_TARGETS)]
     if text_encoder:
-        parts.append(("text_encoder", model.pipe.text_encoder, TEXT_TARGETS))
+        parts += [(name, getattr(model.pipe, name), TEXT_TARGETS) for name in text_encoder_parts(model.family)]
     for part, module, targets in parts:
         for name, layer in module.named_modules():
             if isinstance(layer, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
@@ -291,7 +298,9 @@ def layer_shapes(model: LoadedModel, text_encoder: bool) -> dict[tuple[str, str]
 
 def predicted_size(model: LoadedModel, rank: int, text_encoder: bool, precision: str = "fp16") -> int:
     """Bytes the file of a LoRA of ``rank`` on ``model`` takes (known before training)."""
-    return kohya.predicted_bytes(layer_shapes(model, text_encoder), rank, kohya.SAVE_DTYPES[precision])
+    shapes = layer_shapes(model, text_encoder)
+    naming = kohya.naming(model.family, model.pipe.unet.config)
+    return kohya.predicted_bytes(shapes, rank, kohya.SAVE_DTYPES[precision], 3000, *naming)
 
 
 def _shadow(module: torch.nn.Module) -> torch.nn.Module:
@@ -318,26 +327,29 @@ class _Trainer:
         self.prediction = self.noise_schedule.config.prediction_type
         if self.prediction not in ("epsilon", "v_prediction", "sample"):
             raise BadRequest(f"{model.name} predicts {self.prediction!r}, which this trainer cannot learn")
+        encoders = text_encoder_parts(model.family)
         # Every flag is put back by close(): the loaded model's weights are shared with the shadows.
         self._flags = [
-            (p, p.requires_grad) for part in (pipe.unet, pipe.text_encoder, pipe.vae) for p in part.parameters()
+            (p, p.requires_grad) for part in ("unet", *encoders, "vae") for p in getattr(pipe, part).parameters()
         ]
         for parameter, _ in self._flags:
             parameter.requires_grad_(False)
         self.latents: list[torch.Tensor] = []
-        self.contexts: dict[str, torch.Tensor] = {}
+        self.conditioning: PromptConditioning | None = None  # made once the training sizes are known
         self.sizes: list[tuple[int, int]] = []
         self.generator = torch.Generator().manual_seed(settings.seed)
         try:
             self.unet = self._with_lora(pipe.unet, UNET_TARGETS, self.generator)
-            self.text_encoder = pipe.text_encoder
+            # The text encoders by part name, each a shadow with its LoRA when they are trained.
+            self.text_encoders: dict[str, torch.nn.Module] = {part: getattr(pipe, part) for part in encoders}
             if settings.train_text_encoder:
-                self.text_encoder = self._with_lora(pipe.text_encoder, TEXT_TARGETS, self.generator)
+                for part in encoders:
+                    self.text_encoders[part] = self._with_lora(self.text_encoders[part], TEXT_TARGETS, self.generator)
             scheduler = samplers.build_scheduler(
                 pipe.scheduler.config, samplers.DEFAULT_SAMPLER, samplers.DEFAULT_SCHEDULE
             )
             self.view = engine.manager.view(model, "txt2img", scheduler)
-            self.view.register_modules(unet=self.unet, text_encoder=self.text_encoder)
+            self.view.register_modules(unet=self.unet, **self.text_encoders)
         except BaseException:
             self.close()  # the flags go back however the set-up failed
             raise
@@ -368,7 +380,8 @@ class _Trainer:
         for parameter, flag in self._flags:
             parameter.requires_grad_(flag)
         self.latents.clear()
-        self.contexts.clear()
+        if self.conditioning is not None:
+            self.conditioning.clear()
 
     # -- the run ---------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -387,7 +400,8 @@ class _Trainer:
         for step in range(settings.steps):
             if job.interrupted:
                 break
-            loss = self._loss(next(batches))
+            with self._autocast():
+                loss = self._loss(next(batches))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -431,33 +445,35 @@ class _Trainer:
             )
 
     def _trained_parts(self) -> list[torch.nn.Module]:
-        return [self.unet, self.text_encoder] if self.settings.train_text_encoder else [self.unet]
+        return [self.unet, *self.text_encoders.values()] if self.settings.train_text_encoder else [self.unet]
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        """float16/bfloat16 matmuls on a GPU for a half-precision model (the LoRA weights and the
+        optimizer stay float32); on the CPU the model's own precision, as it runs."""
+        dtype = self.unet.dtype
+        if self.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+            return torch.autocast("cuda", dtype=dtype)
+        return nullcontext()
 
     @torch.no_grad()
     def _encode_data(self) -> list[str]:
         """Every picture through the frozen autoencoder once; every caption through the frozen text
-        encoder once (when it is not trained)."""
+        encoders once (when they are not trained)."""
         step = _size_step(self.model.pipe)
         sizes = training_sizes(self.data, self.settings.resolution, step, self.settings.buckets)
-        vae = self.model.pipe.vae
-        scale = vae.config.scaling_factor
         self.sizes = sizes
-        for example, size in zip(self.data.examples, sizes, strict=True):
-            pixels = _to_tensor(prepared(example, size)).to(self.device, vae.dtype)
-            self.latents.append(vae.encode(pixels[None]).latent_dist.mean[0] * scale)
-        if not self.settings.train_text_encoder:
-            for caption in dict.fromkeys(self.data.captions):
-                self.contexts[caption] = self._context([caption])
+        pictures = (prepared(example, size) for example, size in zip(self.data.examples, sizes, strict=True))
+        self.latents += encode_pictures(self.model.pipe.vae, pictures, self.device)
+        originals = [example.image.size for example in self.data.examples]
+        frozen = not self.settings.train_text_encoder
+        self.conditioning = conditioning_for(self.model.family, self.view, self.device, frozen, originals, sizes)
+        self.conditioning.keep(self.data.captions)
         resized = sum(example.image.size != size for example, size in zip(self.data.examples, sizes, strict=True))
         return (
             [f"{resized} of {len(sizes)} pictures were scaled and centre-cropped to their training size"]
             if resized
             else []
         )
-
-    def _context(self, captions: list[str]) -> torch.Tensor:
-        embeds, _ = self.view.encode_prompt(captions, self.device, 1, False)
-        return embeds
 
     def _batches(self) -> Iterator[list[int]]:
         """Picture indices, batch by batch, endlessly: each pass over the data in a new order from the
@@ -483,11 +499,9 @@ class _Trainer:
         noise, timesteps = noise.to(self.device), timesteps.to(self.device)
         noisy = self.noise_schedule.add_noise(latents, noise, timesteps).to(self.unet.dtype)
         captions = [self.data.examples[i].caption for i in indices]
-        if self.settings.train_text_encoder:
-            context = self._context(captions)
-        else:
-            context = torch.cat([self.contexts[caption] for caption in captions])
-        predicted = self.unet(noisy, timesteps, context).sample.float()
+        assert self.conditioning is not None, "the data is encoded before the first loss"
+        context, extra = self.conditioning.unet_inputs(captions, indices)
+        predicted = self.unet(noisy, timesteps, context, **extra).sample.float()
         if self.prediction == "v_prediction":
             target = self.noise_schedule.get_velocity(latents, noise, timesteps)
         else:
@@ -510,7 +524,8 @@ class _Trainer:
         parts = self._trained_parts()
         for part in parts:
             part.eval()
-        losses = [float(self._loss([index], noise, timestep)) for index, noise, timestep in probes]
+        with self._autocast():
+            losses = [float(self._loss([index], noise, timestep)) for index, noise, timestep in probes]
         for part in parts:
             part.train()
         return sum(losses) / len(losses)
@@ -551,17 +566,19 @@ class _Trainer:
             self.progress.phase = "training"
 
     def _save(self, done: int, before: float, after: float) -> tuple[Path, int, dict[str, str]]:
+        trained = {"unet": self.unet, **(self.text_encoders if self.settings.train_text_encoder else {})}
         layers = {
             (part, name): (layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight)
-            for part, module in (("unet", self.unet), ("text_encoder", self.text_encoder))
-            if part == "unet" or self.settings.train_text_encoder
+            for part, module in trained.items()
             for name, layer in _lora_layers(module)
         }
         dtype = kohya.SAVE_DTYPES[self.settings.save_precision]
-        tensors = kohya.kohya_state_dict(layers, self.settings.alpha, dtype)
+        tensors = kohya.kohya_state_dict(
+            layers, self.settings.alpha, dtype, *kohya.naming(self.model.family, self.model.pipe.unet.config)
+        )
         run = kohya.Run(
             done, self.model.name, self.model.model_hash, self.model.family, self.prediction,
-            self.unet.dtype == torch.float16, self.sizes, before, after,
+            _HALF.get(self.unet.dtype, "no"), self.sizes, before, after,
         )  # fmt: skip
         metadata = kohya.training_metadata(kohya.kohya_fields(self.settings, self.data, run), tensors)
         target = lora_path(self.engine, self.settings.name)
@@ -580,10 +597,3 @@ def _lora_layers(module: torch.nn.Module) -> list[tuple[str, Any]]:
     from peft.tuners.lora import LoraLayer
 
     return [(name, layer) for name, layer in module.named_modules() if isinstance(layer, LoraLayer)]
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    import numpy as np
-
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy())
-    return pixels.permute(2, 0, 1) / 127.5 - 1.0
