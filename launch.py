@@ -128,7 +128,7 @@ def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:
     engine = build_engine(args)
     library = PresetLibrary(args.data_dir)  # logs what is wrong with the user's presets file, if anything
     app = webui.build_app(engine, SettingsStore(args.data_dir), library)
-    routes = _api_routes(args, engine, library, auth, policy.brake) if args.api else []
+    routes = webui.extra_routes(app) + (_api_routes(args, engine, library, auth, policy.brake) if args.api else [])
     # No cap on Gradio's own queue: it also holds the small events every page sends as it opens,
     # and a cap there turned people away with "busy" while no job waited. The engine caps jobs.
     app.queue(max_size=None, default_concurrency_limit=4)

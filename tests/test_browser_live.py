@@ -1,12 +1,10 @@
 """Live mode in a real browser: type with Live on, the picture follows and the speed shows.
-
-It runs against the real studio once ``webui.app`` builds the live controls; until then against a
-small page with the Text to Image tab and live mode wired the same way.
+In Text to Image the page's own script sends the frames (``webui.live_route``) and shows them inline.
 """
 
 from __future__ import annotations
 
-import inspect
+import base64
 import io
 import re
 import time
@@ -14,20 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 import pytest
-from conftest import free_port
+from conftest import serve_studio
 from PIL import Image
 
-import launch
-import webui.app
 from pipelines import scenes
-from pipelines.engine import Engine
-from pipelines.settings import EngineSettings
-from presets.store import PresetLibrary
-from webui.generation import build_txt2img_tab
-from webui.live_ui import build_live_controls, wire_live
-from webui.state import JobBoard
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 LIVE_IMAGE = "#txt2img-live-image img"
@@ -36,31 +25,11 @@ FPS = re.compile(r"(\d+(?:\.\d+)?) fps")
 pytestmark = pytest.mark.browser
 
 
-def _small_page(root: Path, port: int) -> Any:
-    engine = Engine(EngineSettings(models_dir=root / "models", outputs_dir=root / "outputs"))
-    library = PresetLibrary(root / "data")
-    with gr.Blocks(analytics_enabled=False) as app:
-        model = gr.Dropdown([engine.default_model], value=engine.default_model, label="Model", elem_id="model-picker")
-        with gr.Tab("Text to Image"):
-            widgets = build_txt2img_tab(engine, library)
-            controls = build_live_controls(engine, widgets)
-        wire_live(engine, JobBoard(), widgets, controls, model, library)
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return app
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root, port = tmp_path_factory.mktemp("browser-live"), free_port()
-    if "build_live_controls" in inspect.getsource(webui.app):  # the studio has live mode: test the real page
-        args = launch.parse_args(
-            ["--port", str(port), "--outputs-dir", str(root / "outputs"), "--data-dir", str(root / "data"),
-             "--models-dir", str(root / "models")]
-        )  # fmt: skip
-        app = launch.serve(args, prevent_thread_lock=True)
-    else:
-        app = _small_page(root, port)
-    yield f"http://127.0.0.1:{port}/"
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    root = tmp_path_factory.mktemp("browser-live")
+    app, url = serve_studio(root)
+    yield url, root / "outputs"
     app.close()
 
 
@@ -69,19 +38,21 @@ def _shot(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def _shown(page: Any) -> tuple[str, Image.Image]:
+def _shown(page: Any) -> Image.Image | None:
     source = page.locator(LIVE_IMAGE).first.get_attribute("src")
-    response = page.request.get(source)
-    assert response.ok, f"{source}: HTTP {response.status}"
-    return source, Image.open(io.BytesIO(response.body())).convert("RGB")
+    if not source:  # no frame yet
+        return None
+    header, _, data = source.partition(",")
+    assert header == "data:image/png;base64", header  # shown inline: no file to write and fetch again
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
 
 
 def _wait_for_colour(page: Any, colour: str, timeout: float = 60) -> Image.Image:
     deadline = time.monotonic() + timeout
     seen = ""
     while time.monotonic() < deadline:
-        if page.locator(LIVE_IMAGE).count():
-            _, image = _shown(page)
+        image = _shown(page) if page.locator(LIVE_IMAGE).count() else None
+        if image is not None:
             seen = scenes.analyse(image).colour
             if seen == colour:
                 return image
@@ -91,10 +62,11 @@ def _wait_for_colour(page: Any, colour: str, timeout: float = 60) -> Image.Image
     raise AssertionError(f"the live picture never turned {colour} (last seen: {seen or 'nothing'}; {readout!r})")
 
 
-def test_typing_with_live_on_redraws_the_picture_and_shows_the_speed(browser: Any, server: str) -> None:
+def test_typing_with_live_on_redraws_the_picture_and_shows_the_speed(browser: Any, server: tuple[str, Path]) -> None:
+    url, outputs = server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(server)
+        page.goto(url)
         page.wait_for_selector("#txt2img-live-toggle", timeout=60_000)
         page.locator("#txt2img-seed input").fill("3")
         page.locator("#txt2img-live-toggle input[type=checkbox]").check()
@@ -111,5 +83,14 @@ def test_typing_with_live_on_redraws_the_picture_and_shows_the_speed(browser: An
         match = FPS.search(text)
         assert match and float(match.group(1)) > 0, text
         _shot(page, "live-01-typing")
+        # Keep saves the frame on show, with its infotext, and the results panel shows it.
+        saved_before = set(outputs.rglob("*.png"))
+        page.locator("#txt2img-live-keep").click()
+        page.get_by_text("Kept the live picture as").first.wait_for(timeout=30_000)
+        kept = sorted(set(outputs.rglob("*.png")) - saved_before)
+        assert len(kept) == 1, kept
+        with Image.open(kept[0]) as file:
+            assert "a blue circle" in file.info["parameters"] and "Sampler: LCM" in file.info["parameters"]
+            assert scenes.analyse(file.convert("RGB")).colour == "blue"
     finally:
         page.close()

@@ -219,7 +219,7 @@ def test_typing_in_the_tab_shows_a_frame_and_its_speed(page: LivePage) -> None:
     shown = page.frame(page.txt2img, controls, "typist", prompt="a red star", seed=SEED, width=64, height=64)
     assert scenes.analyse(shown[controls.image]).colour == "red"
     assert "fps" in shown[controls.readout] and "4 steps LCM · seed 3" in shown[controls.readout]
-    kept = page.handler("keep", page.txt2img.results)(gr.Request(session_hash="typist"))
+    kept = page.handler("keep", page.txt2img.results)("", gr.Request(session_hash="typist"))
     path = kept[page.txt2img.results][0]
     assert read_metadata(path)["parameters"] == kept[page.txt2img.infotext]
     assert kept[page.txt2img.infotext].startswith("a red star\nSteps: 4, Sampler: LCM, Schedule type: Automatic, CFG")

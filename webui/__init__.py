@@ -13,3 +13,9 @@ def build_app(engine: Any, settings: Any, library: Any) -> Any:
     from .app import build_app as build
 
     return build(engine, settings, library)
+
+
+def extra_routes(app: Any) -> list[Any]:
+    from .app import extra_routes as routes
+
+    return routes(app)

@@ -17,6 +17,7 @@ from .batch_ui import build_batch_controls, register_batch_api, wire_batch
 from .endpoints import register_generation_api
 from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
 from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
+from .live_route import LiveRoad
 from .live_ui import build_live_controls, register_live_api, wire_live
 from .pnginfo_tab import build_png_info_tab, fields_from_image
 from .presets_tab import PresetsTab, build_presets_tab
@@ -62,6 +63,8 @@ CSS = """
 /* One result fills the panel's width: keep it short enough to be seen whole, not cropped. */
 .results-gallery .thumbnail-item { max-height: 520px; }
 #txt2img-live-image img, #inpaint-live-image img { width: 100%; height: 100%; object-fit: contain; }
+#txt2img-live-image .live-frame { height: 320px; }
+#txt2img-live-image .live-frame img { image-rendering: pixelated; }
 """
 
 
@@ -107,11 +110,20 @@ class Studio:
     tabs: dict[str, GenerationWidgets]
     gallery: GalleryWidgets
     handlers: dict[str, Any]
+    routes: list[Any]  # HTTP routes beside Gradio's (the live road), handed to the server at launch
 
 
 def build_app(engine: Engine, settings: SettingsStore, library: PresetLibrary) -> gr.Blocks:
-    """The whole page. ``launch.py`` builds the engine and passes it in; nothing here loads a model."""
-    return build_studio(engine, settings, library).app
+    """The whole page. ``launch.py`` builds the engine and passes it in; nothing here loads a model.
+    The page's own HTTP routes ride on the Blocks (``extra_routes``) to the server's launch."""
+    studio = build_studio(engine, settings, library)
+    studio.app.extra_routes = studio.routes  # type: ignore[attr-defined]
+    return studio.app
+
+
+def extra_routes(app: gr.Blocks) -> list[Any]:
+    """The routes ``build_app`` put beside Gradio's, for ``launch(app_kwargs={"routes": ...})``."""
+    return list(getattr(app, "extra_routes", []))
 
 
 def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary) -> Studio:
@@ -124,7 +136,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         with gr.Tabs() as tabs:
             with gr.Tab(TAB_LABELS[0], id="txt2img"):
                 txt2img = build_txt2img_tab(engine, library)
-                txt2img_live = build_live_controls(engine, txt2img)
+                txt2img_live = build_live_controls(engine, txt2img, fast_road=True)
                 xyz = build_xyz_controls(engine, txt2img)
                 batch = build_batch_controls(engine, txt2img)
             with gr.Tab(TAB_LABELS[1], id="img2img"):
@@ -163,7 +175,8 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         register_xyz_api(engine)
         register_live_api(engine)
         register_train_api(engine)
-        wire_live(engine, jobs, txt2img, txt2img_live, top.model, library)
+        road = LiveRoad.for_tab(engine, library, txt2img)
+        wire_live(engine, jobs, txt2img, txt2img_live, top.model, library, road)
         wire_live(engine, jobs, inpaint, inpaint_live, top.model, library)
         app.load(refresh_pickers, None, pickers, show_progress="hidden")  # presets saved since the page was built
         _wire_gallery_actions(engine, gallery, txt2img, img2img, inpaint, tabs)
@@ -180,7 +193,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         app.load(lambda: device_text(engine), None, top.device, show_progress="hidden")
         gr.Timer(5).tick(lambda: device_text(engine), None, top.device, show_progress="hidden", queue=False)
     _keep_private(app, public=PUBLIC_ENDPOINTS)
-    return Studio(app, engine, jobs, top, generation_tabs, gallery, handlers)
+    return Studio(app, engine, jobs, top, generation_tabs, gallery, handlers, road.routes())
 
 
 def _wire_presets(

@@ -31,6 +31,7 @@ from presets.store import PresetError, PresetLibrary
 from .api import decode_image, encode_png
 from .endpoints import GPU_WAITERS
 from .generation import _editor_images, request_from
+from .live_route import KEEP_SCRIPT, LiveRoad, frame_html, page_script
 from .state import JobBoard
 from .widgets import GenerationWidgets
 
@@ -67,12 +68,15 @@ class LiveControls:
     toggle: gr.Checkbox
     steps: gr.Slider
     keep: gr.Button
-    readout: gr.Markdown
-    image: gr.Image
+    readout: gr.Markdown | None  # None where the page's script writes the readout (``live_route``)
+    image: gr.Image | gr.HTML
+    key: gr.Textbox  # the page script's slot key, for Keep (hidden)
 
 
-def build_live_controls(engine: Engine, widgets: GenerationWidgets) -> LiveControls:
-    """Build the controls; they are moved under the tab's Generate row, where the eye already is."""
+def build_live_controls(engine: Engine, widgets: GenerationWidgets, fast_road: bool = False) -> LiveControls:
+    """Build the controls; they are moved under the tab's Generate row, where the eye already is.
+    With ``fast_road`` the page's own script draws the frames (``live_route``): the picture and its
+    readout are then one HTML box the script fills."""
     mode = widgets.mode
     steps_value = live.default_steps(engine.default_model)
     with gr.Group(elem_id=f"{mode}-live") as group:
@@ -82,11 +86,17 @@ def build_live_controls(engine: Engine, widgets: GenerationWidgets) -> LiveContr
             steps = gr.Slider(1, live.MAX_STEPS, value=steps_value, step=1, label="Live steps", scale=3,
                               elem_id=f"{mode}-live-steps")  # fmt: skip
             keep = gr.Button("Keep", size="sm", scale=1, min_width=80, elem_id=f"{mode}-live-keep")
-        readout = gr.Markdown("", elem_id=f"{mode}-live-readout", elem_classes=["job-status"])
-        image = gr.Image(label="Live", interactive=False, visible=False, height=320, format="png",
-                         elem_id=f"{mode}-live-image")  # fmt: skip
+        key = gr.Textbox(visible=False)
+        readout: gr.Markdown | None = None
+        image: gr.Image | gr.HTML
+        if fast_road:
+            image = gr.HTML(frame_html(f"{mode}-live-image"), elem_id=f"{mode}-live-image", visible=False)
+        else:
+            readout = gr.Markdown("", elem_id=f"{mode}-live-readout", elem_classes=["job-status"])
+            image = gr.Image(label="Live", interactive=False, visible=False, height=320, format="png",
+                             elem_id=f"{mode}-live-image")  # fmt: skip
     _move_under_generate(group, widgets)
-    return LiveControls(mode, toggle, steps, keep, readout, image)
+    return LiveControls(mode, toggle, steps, keep, readout, image, key)
 
 
 def _move_under_generate(group: gr.Group, widgets: GenerationWidgets) -> None:
@@ -108,17 +118,39 @@ def wire_live(
     controls: LiveControls,
     model_picker: gr.Dropdown,
     library: PresetLibrary | None = None,
+    road: LiveRoad | None = None,
 ) -> None:
     """Wire the tab's live mode. With ``library``, chosen styles apply to live frames as to Generate.
-    ``jobs`` is not needed: live frames yield to every job in the engine, the session's own included."""
+    With ``road`` (Text to Image) the page's script sends the frames (``live_route``); otherwise
+    Gradio events do. ``jobs`` is not needed: live frames yield to every job in the engine."""
     del jobs
-    sessions = LiveSessions(engine)
-    _wire_frames(engine, sessions, widgets, controls, model_picker, library)
+    if road is not None:
+        _wire_road(road, widgets, controls, model_picker)
+        sessions = road.sessions
+    else:
+        sessions = LiveSessions(engine)
+        _wire_frames(engine, sessions, widgets, controls, model_picker, library)
     _wire_switch(widgets, controls)
     model_picker.change(
         lambda name: live.default_steps(name or engine.default_model), model_picker, controls.steps, queue=False
     )
-    _wire_keep(sessions, widgets, controls)
+    _wire_keep(sessions, widgets, controls, road)
+
+
+def _triggers(widgets: GenerationWidgets, controls: LiveControls, model_picker: gr.Dropdown) -> tuple[list, list]:
+    """The watched fields and what fires a frame: any of them, the presets, the switch, the steps, the model."""
+    watched: list[Any] = [w for name, w in widgets.fields.items() if _watched(widgets.mode, name)]
+    presets = [widgets.presets.styles, widgets.presets.negatives]
+    triggers = [w.change for w in (*watched, *presets, controls.toggle, controls.steps, model_picker)]
+    return watched, triggers
+
+
+def _wire_road(road: LiveRoad, widgets: GenerationWidgets, controls: LiveControls, model_picker: gr.Dropdown) -> None:
+    """Every watched change runs the page's script, which posts the fields to the road: no Gradio event."""
+    watched, triggers = _triggers(widgets, controls, model_picker)
+    script = page_script(watched_names(widgets), f"{widgets.mode}-live-image")
+    inputs = [controls.toggle, controls.steps, model_picker, widgets.presets.styles, widgets.presets.negatives]
+    gr.on(triggers, None, inputs=[*inputs, *watched], js=script, queue=False, show_progress="hidden")
 
 
 def _wire_frames(
@@ -132,35 +164,44 @@ def _wire_frames(
     """Every watched change draws a frame. The handler is async and awaits the frame without holding a
     server thread, so it skips Gradio's queue (a few tens of milliseconds less per frame); Gradio still
     sends a session's changes one at a time, the newest of those made meanwhile next."""
-    watched: list[Any] = [w for name, w in widgets.fields.items() if _watched(widgets.mode, name)]
+    watched, triggers = _triggers(widgets, controls, model_picker)
     presets = [widgets.presets.styles, widgets.presets.negatives]
-    unchanged = {controls.image: gr.skip(), controls.readout: gr.skip()}
+    readout_box = controls.readout
+    assert readout_box is not None, "Gradio-event frames show their speed in the tab's readout"
+    unchanged = {controls.image: gr.skip(), readout_box: gr.skip()}
 
     async def frame(data: dict[Any, Any], request: gr.Request) -> dict[Any, Any]:
         if not data[controls.toggle]:
             return unchanged
         slot = sessions.slot(_key(request, widgets.mode))
         try:
-            ticket = slot.submit(_live_request(engine, widgets, data, (model_picker, controls), library))
+            values = {name: data[w] for name, w in widgets.fields.items() if _watched(widgets.mode, name)}
+            chosen = (data[widgets.presets.styles] or [], data[widgets.presets.negatives] or [])
+            model = data[model_picker] or engine.default_model
+            wanted = live_request_for(engine, widgets.mode, values, model, data[controls.steps], chosen, library)
+            ticket = slot.submit(wanted)
             # Shielded: a timeout or a closed page leaves the frame to finish for the slot.
             waiting = asyncio.shield(asyncio.wrap_future(ticket.future))
             outcome = await asyncio.wait_for(waiting, FRAME_TIMEOUT_SECONDS)
         except (AtelierError, PresetError) as exc:  # shown beside the switch: a toast per keystroke is too loud
-            return {controls.readout: f"Live paused: {exc}"}
+            return {readout_box: f"Live paused: {exc}"}
         except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11
-            return {controls.readout: "Live: still waiting for the device…"}
+            return {readout_box: "Live: still waiting for the device…"}
         if outcome.error is not None:
-            return {controls.readout: f"Live paused: {outcome.error}"}
+            return {readout_box: f"Live paused: {outcome.error}"}
         if outcome.frame is None:  # superseded: the newer change shows its own picture
             return unchanged
-        return {controls.image: outcome.frame.image, controls.readout: readout(slot, outcome.frame)}
+        return {controls.image: outcome.frame.image, readout_box: readout(slot, outcome.frame)}
 
-    triggers = [w.change for w in (*watched, *presets, controls.toggle, controls.steps, model_picker)]
     gr.on(
         triggers, frame, inputs={model_picker, controls.toggle, controls.steps, *presets, *watched},
-        outputs=[controls.image, controls.readout], trigger_mode="always_last", queue=False,
+        outputs=[controls.image, readout_box], trigger_mode="always_last", queue=False,
         api_visibility="private", show_progress="hidden",
     )  # fmt: skip
+
+
+def watched_names(widgets: GenerationWidgets) -> list[str]:
+    return [name for name in widgets.fields if _watched(widgets.mode, name)]
 
 
 def _watched(mode: str, name: str) -> bool:
@@ -174,25 +215,33 @@ def _key(request: gr.Request, mode: str) -> str:
 
 def _wire_switch(widgets: GenerationWidgets, controls: LiveControls) -> None:
     """The live picture shows while Live is on; in Inpaint the brush offers colours to sketch with."""
-    outputs: list[Any] = [controls.image, controls.readout]
+    outputs: list[Any] = [controls.image, *([controls.readout] if controls.readout is not None else [])]
     if widgets.mode == "inpaint":
         outputs.append(widgets.fields["init_image"])
+    scripted = isinstance(controls.image, gr.HTML)
 
-    def switch(on: bool) -> list[Any]:
+    def switch(on: bool) -> Any:
         # The readout is the frames' own while Live is on: this event may come back after a frame's.
-        shown: list[Any] = [gr.Image(visible=bool(on)), gr.skip() if on else ""]
+        if scripted:  # switched off, the box starts empty again; on, it keeps what the script put in
+            shown: list[Any] = [gr.HTML(visible=True) if on else gr.HTML(frame_html(f"{widgets.mode}-live-image"),
+                                                                         visible=False)]  # fmt: skip
+        else:
+            shown = [gr.Image(visible=bool(on)), gr.skip() if on else ""]
         if widgets.mode == "inpaint":
             shown.append(gr.ImageEditor(brush=SKETCH_BRUSH if on else MASK_BRUSH))
-        return shown
+        return shown if len(shown) > 1 else shown[0]  # Gradio reads a list as one output's value
 
     controls.toggle.change(switch, controls.toggle, outputs, queue=False, show_progress="hidden")
 
 
-def _wire_keep(sessions: LiveSessions, widgets: GenerationWidgets, controls: LiveControls) -> None:
+def _wire_keep(
+    sessions: LiveSessions, widgets: GenerationWidgets, controls: LiveControls, road: LiveRoad | None
+) -> None:
     outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected]
 
-    def keep(request: gr.Request) -> dict[Any, Any]:
-        slot = sessions.get(_key(request, widgets.mode))
+    def keep(key: str, request: gr.Request) -> dict[Any, Any]:
+        # The road's slot is the page script's (its key); a Gradio event's is the session's.
+        slot = sessions.get(road.slot_key(request.username, key) if road else _key(request, widgets.mode))
         frame = slot.latest if slot is not None else None
         if slot is None or frame is None:
             raise gr.Error("There is no live picture to keep yet: tick Live and wait for the first picture.")
@@ -207,7 +256,7 @@ def _wire_keep(sessions: LiveSessions, widgets: GenerationWidgets, controls: Liv
             widgets.selected: 0, widgets.status: f"Kept the live picture as {path.name}.",
         }  # fmt: skip
 
-    controls.keep.click(keep, None, outputs, queue=False)
+    controls.keep.click(keep, controls.key, outputs, queue=False, js=KEEP_SCRIPT if road else None)
 
 
 def readout(slot: LiveSlot, frame: LiveFrame) -> str:
@@ -221,28 +270,28 @@ def readout(slot: LiveSlot, frame: LiveFrame) -> str:
     )
 
 
-def _live_request(
+def live_request_for(
     engine: Engine,
-    widgets: GenerationWidgets,
-    data: dict[Any, Any],
-    pickers: tuple[gr.Dropdown, LiveControls],
+    mode: str,
+    values: dict[str, Any],
+    model: str,
+    steps: Any,
+    chosen: tuple[list[str], list[str]],
     library: PresetLibrary | None,
 ) -> Txt2Img:
-    """The tab's widgets as one live frame's request (styles applied as Generate applies them)."""
-    model_picker, controls = pickers
-    values = {name: data[widget] for name, widget in widgets.fields.items() if _watched(widgets.mode, name)}
-    values["prompt"], values["negative_prompt"] = values["prompt"] or "", values["negative_prompt"] or ""
+    """A tab's watched field values (by name) as one live frame's request, styles and negative presets
+    (``chosen``) applied as Generate applies them."""
+    values = dict(values)
+    values["prompt"], values["negative_prompt"] = values.get("prompt") or "", values.get("negative_prompt") or ""
     if library is not None:
         values["prompt"], values["negative_prompt"] = library.compose(
-            values["prompt"], values["negative_prompt"],
-            data[widgets.presets.styles] or [], data[widgets.presets.negatives] or [],
-        )  # fmt: skip
-    model = data[model_picker] or engine.default_model
-    steps = _whole(data[controls.steps], "live steps")
-    if widgets.mode == "txt2img":
-        return live.live_request(request_from("txt2img", values | {"model": model}), steps, model)
-    if widgets.mode != "inpaint":
-        raise BadRequest(f"live mode is for Text to Image and Inpaint, not {widgets.mode}")
+            values["prompt"], values["negative_prompt"], *chosen
+        )
+    wanted = _whole(steps, "live steps")
+    if mode == "txt2img":
+        return live.live_request(request_from("txt2img", values | {"model": model}), wanted, model)
+    if mode != "inpaint":
+        raise BadRequest(f"live mode is for Text to Image and Inpaint, not {mode}")
     sketch = sketch_of(values["init_image"])
     values |= {"init_image": None, "mask": None}  # read below, as a sketch: no mask, the whole canvas redrawn
     canvas = request_from("inpaint", values | {"model": model})
@@ -250,7 +299,7 @@ def _live_request(
         base: Txt2Img = Txt2Img(**_fields_of(canvas, Txt2Img))
     else:
         base = Img2Img(**_fields_of(canvas, Img2Img)).replace(init_image=sketch)
-    return live.live_request(base, steps, model)
+    return live.live_request(base, wanted, model)
 
 
 def _fields_of(request: Txt2Img, kind: type[Txt2Img]) -> dict[str, Any]:
