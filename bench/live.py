@@ -13,7 +13,8 @@ Figures, per live step count (LCM, CFG 1.5 on the demo; one step without CFG on 
 * ``endpoint_p50_s`` / ``endpoint_p95_s``: a ``/live`` call through ``gradio_client`` to its decoded
   picture: the engine plus Gradio's queue, HTTP and the PNG.
 * ``page_p50_s`` / ``page_p95_s``: in Chromium, a change of the Text to Image prompt with Live on to
-  the new picture on the page (the live event, its picture file, the browser showing it).
+  the new picture on the page (the page's script posting the fields to the live road, the picture
+  coming back inline, the browser showing it).
 * ``typing_fps``: frames finished per second while a prompt is typed at ``--cps`` keys a second
   into the slot for ``--typing-seconds``; ``page_typing_fps``: pictures the page showed per second
   while Chromium typed the same way.
@@ -56,6 +57,7 @@ from pipelines.requests import Txt2Img
 from pipelines.settings import EngineSettings
 from presets.store import PresetLibrary
 from webui.generation import build_txt2img_tab
+from webui.live_route import LiveRoad
 from webui.live_ui import build_live_controls, decoded_png, register_live_api, wire_live
 from webui.state import JobBoard
 
@@ -160,10 +162,12 @@ def serve(engine: Engine, data: Path, port: int) -> Any:
         model = gr.Dropdown([engine.default_model], value=engine.default_model, label="Model")
         with gr.Tab("Text to Image"):
             widgets = build_txt2img_tab(engine, library)
-            controls = build_live_controls(engine, widgets)
-        wire_live(engine, JobBoard(), widgets, controls, model, library)
+            controls = build_live_controls(engine, widgets, fast_road=True)
+        road = LiveRoad.for_tab(engine, library, widgets)
+        wire_live(engine, JobBoard(), widgets, controls, model, library, road)
         register_live_api(engine)
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                       _frontend=False, app_kwargs={"routes": road.routes()})  # fmt: skip
     return app
 
 
