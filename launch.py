@@ -70,6 +70,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     engine.add_argument("--lowvram", action="store_true", help="stream weights to the GPU layer by layer (slowest)")
     engine.add_argument("--xformers", action="store_true", help="use xformers attention on CUDA when installed")
     engine.add_argument("--max-models", type=int, default=3, help="models kept loaded at once")
+    standards = parser.add_argument_group("content standards (README: what each mark proves)")
+    standards.add_argument(
+        "--no-ai-mark", action="store_true",
+        help="leave out the XMP 'made by a trained algorithm' mark that every file carries by default",
+    )  # fmt: skip
+    standards.add_argument("--c2pa-cert", type=Path, help="sign every file's C2PA manifest with this certificate chain")
+    standards.add_argument("--c2pa-key", type=Path, help="the private key of --c2pa-cert")
+    standards.add_argument("--watermark", default="", metavar="MESSAGE",
+                           help="invisible watermark in every picture: 12 hex digits or 6 letters")  # fmt: skip
+    standards.add_argument(
+        "--safety-check", default="off", choices=["off", "on", "required"],
+        help="blur pictures the local safety checker (models/safety-checker) flags; 'required': callers cannot"
+        " turn it off",
+    )  # fmt: skip
+    standards.add_argument("--blocked-terms", type=Path, metavar="FILE",
+                           help="refuse prompts with a term or phrase of this file (one a line)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -90,6 +106,7 @@ def credentials(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def build_engine(args: argparse.Namespace) -> Any:
     from pipelines.engine import Engine
+    from pipelines.errors import BadRequest
     from pipelines.settings import EngineSettings
 
     offload = "sequential" if args.lowvram else "model" if args.medvram else "none"
@@ -104,8 +121,17 @@ def build_engine(args: argparse.Namespace) -> Any:
         max_models=args.max_models,
         max_queue=args.queue_size,
         image_url_allow=args.image_url_allow,
+        ai_mark=not args.no_ai_mark,
+        c2pa_cert=args.c2pa_cert,
+        c2pa_key=args.c2pa_key,
+        watermark=args.watermark,
+        safety_check=args.safety_check,
+        blocked_terms=args.blocked_terms,
     )
-    return Engine(settings)
+    try:
+        return Engine(settings)
+    except BadRequest as exc:  # a certificate, key, watermark or term list the owner named is unusable
+        raise SystemExit(f"cannot start: {exc}") from exc
 
 
 def serve(args: argparse.Namespace, prevent_thread_lock: bool = False) -> Any:

@@ -25,7 +25,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _MAX_SCAN = 10_000  # files looked at per models-folder scan, so a huge folder cannot stall the page
 _MAX_DEPTH = 4
 # Folders of add-ons that sit beside the checkpoints (A1111's layout): their files are not models.
-ADD_ON_FOLDERS = frozenset({"lora", "lycoris", "embeddings", "esrgan", "realesrgan", "ip-adapter"})
+ADD_ON_FOLDERS = frozenset({"lora", "lycoris", "embeddings", "esrgan", "realesrgan", "ip-adapter", "safety-checker"})
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
 from .settings import EngineSettings
+from .standards import standards_for
 from .upscale import hires
 from .upscale.upscalers import UpscalerLibrary
 
@@ -45,13 +46,14 @@ class Engine:
     def __init__(self, settings: EngineSettings | None = None) -> None:
         self.settings = settings or EngineSettings()
         self.manager = PipelineManager(self.settings)
-        self.outputs = OutputStore(self.settings.outputs_dir, self.settings.image_format)
+        self.standards = standards_for(self.settings)
+        self.outputs = OutputStore(self.settings.outputs_dir, self.settings.image_format, self.standards.finish)
         self.references = ReferenceStore(self.settings.outputs_dir)
         self.url_policy = UrlPolicy.from_flag(self.settings.image_url_allow)
         self.embeddings = prompts.EmbeddingLibrary(self.settings.models_dir / "embeddings")
         self.upscalers = UpscalerLibrary(self.settings.models_dir, self.manager.device)
         self.loras = lora.LoraLibrary(self.settings.models_dir / "Lora")
-        self.limits = Limits(max_pixels=self._pixel_budget())
+        self.limits = Limits(max_pixels=self._pixel_budget(), prompt_problem=self.standards.prompt_problem)
         self.current_job: Job | None = None
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
@@ -252,6 +254,7 @@ class Engine:
         """The request normalised, with its notes, or ``BadRequest``: its fields, its reference and
         its hires upscaler (whose names depend on the models folder) checked before it queues."""
         request, notes = request.checked(self.limits)
+        self.standards.check_prompt(request.prompt)  # the owner's rules (blocked terms also in ``checked``)
         self.loras.resolve(lora.extract(request.prompt)[1])  # malformed tags, unknown names: 422 before queueing
         request, reference_notes = reference_job.with_reference(request, self.outputs, self.references, self.url_policy)
         if request.enable_hr and not isinstance(request, Img2Img):
@@ -375,6 +378,7 @@ class Engine:
             for s, subseed in zip(seeds, subseeds, strict=True)
         ]
         paths: list[Path] = []
+        hidden: dict[int, Image.Image] = {}
         # Applied once around every batch (and a hires pass); taken off however the job ends.
         with lora.applied(model.pipe, loras, self.loras) as applied_loras:
             for batch in range(request.batch_count):
@@ -385,8 +389,14 @@ class Engine:
                 if job.skipping:  # the rest of this batch was skipped: the next one runs in full
                     job.skip_done()
                     notes.append(f"batch {batch + 1} was skipped at step {job.step} and kept as it was")
+                # Checked (and watermarked) before anything is saved or sent; originals stay in memory.
+                screened = self.standards.screen(finished, job.safety_check)
+                finished = screened.images
+                notes += [note for note in screened.notes if note not in notes]
+                hidden.update({len(job.images) + index: image for index, image in screened.originals.items()})
                 if save:
-                    saved = self._save(finished, texts[span], seeds[span], request, model, notes)
+                    fields = request.fields() | {"model": model.name}
+                    saved = self.outputs.save_batch(finished, texts[span], seeds[span], fields, notes)
                     paths += saved
                     job.paths += saved
                 job.images += finished
@@ -396,28 +406,9 @@ class Engine:
         if loras:
             timings["lora_s"] = applied_loras.apply_seconds + applied_loras.remove_seconds
         return Result(
-            list(job.images), seeds, texts, request, model.name, model.model_hash, timings, notes, paths, subseeds
-        )
-
-    def _save(
-        self,
-        finished: list[Image.Image],
-        texts: list[str],
-        seeds: list[int],
-        request: Request,
-        model: LoadedModel,
-        notes: list[str],
-    ) -> list[Path]:
-        """Save a batch; a full or read-only disk costs the files, never the images in hand."""
-        fields = request.fields() | {"model": model.name}
-        paths = []
-        for image, text, seed in zip(finished, texts, seeds, strict=True):
-            try:
-                paths.append(self.outputs.save(image, text, fields | {"seed": seed}, seed))
-            except OSError as exc:
-                log.error("could not save image with seed %d: %s", seed, exc)
-                notes.append(f"image with seed {seed} was not saved to {self.outputs.root}: {exc.strerror or exc}")
-        return paths
+            list(job.images), seeds, texts, request, model.name, model.model_hash, timings, notes, paths, subseeds,
+            hidden,
+        )  # fmt: skip
 
     def _denoise(
         self,

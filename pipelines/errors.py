@@ -61,3 +61,9 @@ class Interrupted(AtelierError):
     before the stop are in ``job.images`` (and saved, when saving was asked for)."""
 
     http_status = 409
+
+
+class SafetyUnavailable(AtelierError):
+    """The owner requires the safety check and its model is missing: nothing is drawn unchecked."""
+
+    http_status = 503

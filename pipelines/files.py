@@ -28,7 +28,7 @@ def damaged_name(path: Path) -> Path:
     return free_name(path.with_name(f"{path.stem}.damaged-{stamp}{path.suffix}"))
 
 
-def synced_temp(folder: Path, suffix: str, write: Callable[[IO[bytes]], None]) -> Path:
+def synced_temp(folder: Path, suffix: str, write: Callable[[IO[bytes]], object]) -> Path:
     """A hidden ``.writing-*`` file in ``folder`` holding what ``write`` wrote, synced to disk; gone
     again if writing failed. The caller names it with ``claim`` and then removes the temp name."""
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".writing-", suffix=suffix, delete=False) as temp:
@@ -59,3 +59,17 @@ def claim(temp_path: Path, target: Path) -> None:
             except BaseException:
                 target.unlink(missing_ok=True)  # a half-copied file must never be found by its name
                 raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path``'s text whole: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".writing-", delete=False, encoding="utf-8") as temp:
+        try:
+            temp.write(text)
+            temp.flush()
+            os.fsync(temp.fileno())
+        except BaseException:
+            Path(temp.name).unlink(missing_ok=True)
+            raise
+    os.replace(temp.name, path)

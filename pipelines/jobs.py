@@ -38,6 +38,7 @@ class Job:
     preview: Image.Image | None = None
     images: list[Image.Image] = field(default_factory=list)  # finished so far, for callers that poll
     paths: list[Path] = field(default_factory=list)  # where finished images were saved, when they were
+    safety_check: bool | None = None  # the caller's wish (None: the server's setting decides)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -73,3 +74,6 @@ class Result:
     notes: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)  # where each image was saved, when it was
     subseeds: list[int] = field(default_factory=list)  # each image's variation seed (used when its strength > 0)
+    # Pictures the safety check blurred, by their place in ``images``: the originals, for the owner's
+    # reveal in the page; never saved, never sent by the API.
+    hidden: dict[int, Image.Image] = field(default_factory=dict)

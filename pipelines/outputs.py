@@ -8,6 +8,7 @@ existing file, so a crash leaves either no file or a complete one. Deleting move
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from PIL import Image, PngImagePlugin
 from .files import claim, free_name, synced_temp
 
 log = logging.getLogger(__name__)
+
+Finish = Callable[[bytes], bytes]  # a file's bytes -> the bytes written (the standards' marks)
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4"}
@@ -46,9 +50,11 @@ class GalleryItem:
 
 
 class OutputStore:
-    def __init__(self, root: Path, image_format: str = "png") -> None:
+    def __init__(self, root: Path, image_format: str = "png", finish: Finish | None = None) -> None:
         self.root = Path(root)
         self.image_format = image_format
+        # Every file's bytes pass here before they are written: the AI-source mark, a C2PA manifest.
+        self.finish: Finish = finish or _unchanged
         self._lock = threading.Lock()  # numbering within this process; the link guards across processes
         self._prompts: dict[Path, tuple[float, str]] = {}  # path -> (mtime, prompt): a cache, never the truth
 
@@ -61,7 +67,7 @@ class OutputStore:
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".jpg" if self.image_format == "jpeg" else f".{self.image_format}"
         temp_path = synced_temp(
-            folder, suffix, lambda file: _write_image(file, image, self.image_format, infotext, fields)
+            folder, suffix, lambda file: file.write(self.encode(image, infotext, fields, self.image_format))
         )
         try:
             with self._lock:
@@ -96,12 +102,31 @@ class OutputStore:
     def save_frame(self, image: Image.Image, infotext: str, fields: dict[str, Any], folder: Path, index: int) -> Path:
         """One animation frame as ``frame-NNNNN.png`` with its infotext, written whole or not at all."""
         target = folder / f"frame-{index:05d}.png"
-        temp_path = synced_temp(folder, ".png", lambda file: _write_image(file, image, "png", infotext, fields))
+        temp_path = synced_temp(folder, ".png", lambda file: file.write(self.encode(image, infotext, fields, "png")))
         try:
             claim(temp_path, target)
         finally:
             temp_path.unlink(missing_ok=True)
         return target
+
+    def save_batch(
+        self, images: list[Image.Image], texts: list[str], seeds: list[int], fields: dict[str, Any], notes: list[str]
+    ) -> list[Path]:
+        """Save a batch; a full or read-only disk costs the files (said in ``notes``), never the images in hand."""
+        paths = []
+        for image, text, seed in zip(images, texts, seeds, strict=True):
+            try:
+                paths.append(self.save(image, text, fields | {"seed": seed}, seed))
+            except OSError as exc:
+                log.error("could not save image with seed %d: %s", seed, exc)
+                notes.append(f"image with seed {seed} was not saved to {self.root}: {exc.strerror or exc}")
+        return paths
+
+    def encode(self, image: Image.Image, infotext: str, fields: dict[str, Any], image_format: str = "png") -> bytes:
+        """A picture file's bytes as every door gives them out: infotext, then ``finish`` (the marks)."""
+        buffer = io.BytesIO()
+        _write_image(buffer, image, image_format, infotext, fields)
+        return self.finish(buffer.getvalue())
 
     def _next_number(self, folder: Path) -> int:
         numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
@@ -200,6 +225,10 @@ class OutputStore:
         if self._relative(folder) is None or not folder.is_dir():
             return []
         return sorted((p for p in folder.rglob("*") if p.is_file() and self._relative(p) is not None), reverse=True)
+
+
+def _unchanged(data: bytes) -> bytes:
+    return data
 
 
 def _write_image(file: Any, image: Image.Image, image_format: str, infotext: str, fields: dict[str, Any]) -> None:

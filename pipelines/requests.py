@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -34,6 +35,9 @@ class Limits:
     max_side: int = 4096
     max_pixels: int = 2048 * 2048
     max_prompt_chars: int = 20_000
+    # The server's content rule for prompts (the owner's blocked terms): the problem with a prompt, or
+    # None. Here, so that every request checked anywhere (a list's lines, a plot's cells) obeys it.
+    prompt_problem: Callable[[str], str | None] | None = None
 
 
 @dataclass
@@ -227,6 +231,8 @@ def _check_text(request: Txt2Img, limits: Limits, problems: list[str]) -> None:
             problems.append(f"{name} must be text, got {type(value).__name__}")
         elif len(value) > limits.max_prompt_chars:
             problems.append(f"{name} is {len(value)} characters long; the limit is {limits.max_prompt_chars}")
+        elif name == "prompt" and limits.prompt_problem is not None and (problem := limits.prompt_problem(value)):
+            problems.append(problem)
 
 
 def _check_reference(request: Txt2Img, problems: list[str]) -> None:

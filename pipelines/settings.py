@@ -38,6 +38,13 @@ class EngineSettings:
     vae_tiling_pixels: int = 1536 * 1536  # decode larger images in tiles to bound VAE memory
     max_queue: int = 64  # jobs that may wait for the device at once, from every front door together
     image_url_allow: str = ""  # hosts {image:https://...} may fetch from ("*": any public address); "": none
+    # Content standards (pipelines.standards): the AI-source mark is on unless the owner turns it off.
+    ai_mark: bool = True
+    c2pa_cert: Path | None = None  # with c2pa_key: every file carries a C2PA manifest signed with them
+    c2pa_key: Path | None = None
+    watermark: str = ""  # the invisible watermark's 48-bit message (12 hex digits or 6 letters); "": none
+    safety_check: str = "off"  # "off", "on" or "required" (callers cannot turn it off)
+    blocked_terms: Path | None = None  # one term or phrase per line: prompts with one are refused
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)

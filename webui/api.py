@@ -26,7 +26,7 @@ from PIL import Image, PngImagePlugin
 from pipelines import infotext, samplers
 from pipelines.engine import Engine, Job, Result
 from pipelines.errors import AtelierError, BadRequest, QueueFull
-from pipelines.outputs import UNREADABLE, image_metadata
+from pipelines.outputs import UNREADABLE, Finish, image_metadata
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
 from pipelines.xyz.job import from_a1111_script, submit_plot
 from presets.store import PresetError, PresetLibrary
@@ -47,7 +47,7 @@ USED = {"prompt", "negative_prompt", "styles", "seed", "sampler_name", "sampler_
         "save_images", "init_images", "resize_mode", "mask", "mask_blur", "inpainting_fill", "include_init_images",
         "alwayson_scripts", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "enable_hr",
         "hr_scale", "hr_resize_x", "hr_resize_y", "hr_upscaler", "hr_second_pass_steps", "script_name",
-        "script_args", *RENAMED}  # fmt: skip
+        "script_args", "safety_check", *RENAMED}  # fmt: skip
 # sd-webui-controlnet's reference modules -> Atelier's reference modes; any "ip-adapter..." module is IP-Adapter.
 CONTROLNET_MODULES = {"reference_only": "reference-only", "reference_adain": "reference-adain",
                       "reference_adain+attn": "reference-adain+attn"}  # fmt: skip
@@ -104,15 +104,19 @@ def decode_image(data: Any, what: str) -> Image.Image:
     return image
 
 
-def encode_png(image: Image.Image, text: str, fields: dict[str, Any] | None = None) -> str:
-    """A base64 PNG carrying A1111's infotext and, like saved files, Atelier's full request."""
+def encode_png(
+    image: Image.Image, text: str, fields: dict[str, Any] | None = None, finish: Finish | None = None
+) -> str:
+    """A base64 PNG carrying A1111's infotext and, like saved files, Atelier's full request; ``finish``
+    (the engine's ``outputs.finish``) adds the marks every file leaving the server carries."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     if fields is not None:
         info.add_text("atelier", json.dumps(fields, ensure_ascii=False, default=str))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
-    return base64.b64encode(buffer.getvalue()).decode()
+    data = buffer.getvalue()
+    return base64.b64encode(finish(data) if finish is not None else data).decode()
 
 
 def _number(payload: dict[str, Any], name: str, kind: Callable[[Any], Any], default: Any) -> Any:
@@ -238,10 +242,10 @@ def reference_unit(scripts: Any) -> dict[str, Any]:
     }
 
 
-def encoded_images(result: Result) -> list[str]:
+def encoded_images(result: Result, finish: Finish) -> list[str]:
     fields = result.request.fields() | {"model": result.model}
     triples = zip(result.images, result.infotexts, result.seeds, strict=True)
-    return [encode_png(image, text, fields | {"seed": seed}) for image, text, seed in triples]
+    return [encode_png(image, text, fields | {"seed": seed}, finish) for image, text, seed in triples]
 
 
 def response(result: Result, payload: dict[str, Any], engine: Engine) -> dict[str, Any]:
@@ -264,9 +268,9 @@ def response(result: Result, payload: dict[str, Any], engine: Engine) -> dict[st
         "version": infotext.VERSION,
     }  # fmt: skip
     send = payload.get("send_images", True)
-    images = encoded_images(result) if send else []
+    images = encoded_images(result, engine.outputs.finish) if send else []
     if payload.get("include_init_images") and isinstance(request, Img2Img) and request.init_image is not None:
-        images += [encode_png(request.init_image, "")]
+        images += [encode_png(request.init_image, "")]  # the caller's own picture, sent back: not ours to mark
     parameters = {k: v for k, v in payload.items() if k not in ("init_images", "mask")}
     parameters |= {"width": request.width, "height": request.height}  # the size used, when left to the model
     return {"images": images, "parameters": parameters, "info": json.dumps(info, ensure_ascii=False)}
@@ -295,6 +299,7 @@ def mount_api(
             state.owners[job.id] = user
             try:
                 job_request = build_request(payload, library, mode)
+                job.safety_check = _safety_wish(payload)
                 save = bool(payload.get("save_images"))
                 submit = _submitter(engine, payload, job_request, job, save)
                 result = await _unless_gone(request, job, submit)
@@ -322,6 +327,14 @@ def mount_api(
     login = [Depends(guard)]
     app.add_api_route("/sdapi/docs", docs, methods=["GET"], include_in_schema=False, dependencies=login)
     app.add_api_route("/openapi.json", app.openapi, methods=["GET"], include_in_schema=False, dependencies=login)
+
+
+def _safety_wish(payload: dict[str, Any]) -> bool | None:
+    """``safety_check`` (true/false) in a request: the caller's wish; the server's ``required`` wins."""
+    wish = payload.get("safety_check")
+    if wish is not None and not isinstance(wish, bool):
+        raise BadRequest(f"safety_check must be true or false, got {wish!r}")
+    return wish
 
 
 def _submitter(engine: Engine, payload: dict[str, Any], request: Txt2Img, job: Job, save: bool) -> Callable[[], Any]:
@@ -519,7 +532,7 @@ def _add_job_routes(router: APIRouter, engine: Engine, state: ApiState, guard: C
         mine = state.owns(user, job)
         done = job.step / job.total
         elapsed = time.perf_counter() - job.started
-        preview = encode_png(job.preview, "") if mine and job.preview is not None else None
+        preview = encode_png(job.preview, "", None, engine.outputs.finish) if mine and job.preview is not None else None
         state_now: dict[str, Any] = {"skipped": job.skipping, "interrupted": job.interrupted,
                      "job": job.id if mine else "", "job_count": 1 + engine.queue_length, "job_no": 0,
                      "sampling_step": job.step, "sampling_steps": job.total,

@@ -16,7 +16,7 @@ from .animation_tab import build_animation_tab, register_animation_api
 from .batch_ui import build_batch_controls, register_batch_api, wire_batch
 from .endpoints import register_generation_api
 from .gallery_tab import GalleryWidgets, build_gallery_tab, show_page
-from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation
+from .generation import build_img2img_tab, build_inpaint_tab, build_txt2img_tab, wire_generation, wire_reveal
 from .live_route import LiveRoad
 from .live_ui import build_live_controls, register_live_api, wire_live
 from .pnginfo_tab import build_png_info_tab, fields_from_image
@@ -166,6 +166,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         }
         for widgets in generation_tabs.values():
             _wire_results(engine, widgets, img2img, inpaint, tabs)
+            wire_reveal(widgets)
         wire_xyz(engine, library, jobs, txt2img, xyz, top.model)
         wire_batch(engine, library, jobs, txt2img, batch, top.model)
         refresh_pickers, pickers = _wire_presets(library, generation_tabs, presets_tab, top.model)

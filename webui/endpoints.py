@@ -39,7 +39,7 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         except (AtelierError, PresetError) as exc:
             raise gr.Error(str(exc)) from exc
         return {
-            "images": encoded_images(result),
+            "images": encoded_images(result, engine.outputs.finish),
             "seeds": result.seeds,
             "infotexts": result.infotexts,
             "notes": result.notes,

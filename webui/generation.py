@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import logging
 import threading
 import time
@@ -145,7 +147,8 @@ def wire_generation(
 ) -> Callable[..., Iterator[dict[Any, Any]]]:
     """Connect Generate and Stop of one tab; every tab shares the single GPU slot. ``device_state`` is
     the top bar's status and what it shows, brought up to date the moment a job ends."""
-    outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected]
+    outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected,
+               widgets.reveal, widgets.revealed]  # fmt: skip
 
     def run(
         data: dict[Any, Any], request: gr.Request, progress: gr.Progress = gr.Progress()
@@ -278,12 +281,32 @@ def _finished(result: Result, widgets: GenerationWidgets, seconds: float) -> dic
             "seed": seed,
             "infotext": text,
             "fields": result.request.fields() | {"seed": seed},
+            "hidden": result.hidden.get(index),  # the safety check's original, in this session's memory only
         }
-        for path, seed, text in zip(paths, result.seeds, result.infotexts, strict=True)
+        for index, (path, seed, text) in enumerate(zip(paths, result.seeds, result.infotexts, strict=True))
     ]
     notes = "\n\n" + "\n".join(f"- {note}" for note in result.notes) if result.notes else ""
     status = f"Done in {seconds:.1f}s · seeds {', '.join(map(str, result.seeds))}{notes}"
     return {
         widgets.results: shown, widgets.infotext: result.infotexts[0] if result.infotexts else "",
         widgets.status: status, widgets.session: entries, widgets.selected: 0,
+        widgets.reveal: gr.Button(visible=bool(result.hidden)), widgets.revealed: "",
     }  # fmt: skip
+
+
+def wire_reveal(widgets: GenerationWidgets) -> None:
+    """The person who generated a flagged picture may look at it: shown inline in their page only."""
+
+    def reveal(entries: list[dict[str, Any]], selected: int) -> str:
+        chosen = entries[selected] if entries and 0 <= selected < len(entries) else None
+        hidden = chosen.get("hidden") if chosen else None
+        if hidden is None:
+            flagged = [index + 1 for index, entry in enumerate(entries or []) if entry.get("hidden") is not None]
+            return f"The selected picture was not flagged. Flagged: picture {', '.join(map(str, flagged)) or 'none'}."
+        buffer = io.BytesIO()
+        hidden.save(buffer, format="PNG")
+        source = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        return (f'<p>The flagged picture as it was made, shown here only (the saved file and the gallery keep '
+                f'the blurred one):</p><img src="{source}" style="max-width:100%" alt="flagged picture">')  # fmt: skip
+
+    widgets.reveal.click(reveal, [widgets.session, widgets.selected], widgets.revealed, queue=False)

@@ -31,6 +31,7 @@ from PIL import Image
 from pipelines.engine import Engine
 from pipelines.errors import AtelierError, BadRequest
 from pipelines.live import LiveSessions
+from pipelines.outputs import Finish
 from presets.store import PresetError, PresetLibrary
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class LiveRoad:
             return Response(status_code=204)
         from .live_ui import readout
 
-        return JSONResponse({"image": _data_url(outcome.frame.image), "readout": readout(slot, outcome.frame)})
+        picture = _data_url(outcome.frame.image, self.engine.outputs.finish)
+        return JSONResponse({"image": picture, "readout": readout(slot, outcome.frame)})
 
     def _request(self, body: dict[str, Any]) -> Any:
         from .live_ui import live_request_for
@@ -166,11 +168,12 @@ def _uploaded(value: Any) -> Image.Image | None:
         return picture.convert("RGB")
 
 
-def _data_url(image: Image.Image) -> str:
-    # The fastest PNG: a live frame is shown once and replaced; Keep saves the full-quality file.
+def _data_url(image: Image.Image, finish: Finish) -> str:
+    # The fastest PNG: a live frame is shown once and replaced; Keep saves the full-quality file. It
+    # carries the marks all the same: a browser's "save image" makes a file of it.
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(finish(buffer.getvalue())).decode("ascii")
 
 
 def page_script(road_fields: list[str], image_id: str) -> str:

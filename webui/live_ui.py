@@ -370,7 +370,8 @@ def register_live_api(engine: Engine) -> None:
         frame = outcome.frame
         fields = frame.request.fields() | {"model": frame.model, "seed": frame.seed}
         return {
-            "image": encode_png(frame.image, frame.infotext, fields), "seconds": round(frame.latency, 4),
+            "image": encode_png(frame.image, frame.infotext, fields, engine.outputs.finish),
+            "seconds": round(frame.latency, 4),
             "infotext": frame.infotext, "seed": frame.seed, "superseded": False, "note": "",
         }  # fmt: skip
 

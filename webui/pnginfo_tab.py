@@ -12,7 +12,10 @@ from PIL import Image
 
 from pipelines import infotext
 from pipelines.engine import Engine
+from pipelines.errors import BadRequest
 from pipelines.outputs import UNREADABLE, read_metadata
+from pipelines.standards import MIMES, watermark, xmp
+from pipelines.standards.c2pa_sign import describe, read_manifest
 
 from .presets_ui import PICTURES, fill_fields
 from .reference_ui import kept_reference
@@ -64,6 +67,51 @@ def text_chunks(path: str) -> str:
     return json.dumps(chunks, indent=2, ensure_ascii=False)[:20_000] if chunks else ""
 
 
+def provenance_text(path: Path) -> str:
+    """What the file says of its making: the XMP AI-source mark and a C2PA manifest, if any."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"Cannot read the file: {exc}"
+    lines = ["**AI-source mark (XMP):** " + ("made by a trained algorithm (IPTC trainedAlgorithmicMedia)"
+                                             if xmp.is_ai_marked(data) else "none")]  # fmt: skip
+    mime = MIMES.get(_kind(data), "")
+    summary = read_manifest(data, mime) if mime else None
+    if summary is not None:
+        lines += ["**C2PA manifest:**", *(f"- {line}" for line in describe(summary))]
+    else:
+        lines.append("**C2PA manifest:** none")
+    return "\n".join(lines)
+
+
+def _kind(data: bytes) -> str:
+    try:
+        return xmp.kind(data)
+    except ValueError:
+        return ""
+
+
+def watermark_text(path: str | None, message: str) -> str:
+    """Whether the picture carries the invisible watermark with ``message``."""
+    if not path:
+        raise gr.Error("Drop an image first.")
+    try:
+        wanted = watermark.Watermark.parse(message or "")
+        with Image.open(path) as picture:
+            picture.load()
+            if min(picture.size) < watermark.MIN_SIDE:
+                size = f"{picture.width}x{picture.height}"
+                return f"No watermark can be read: {size} is below the {watermark.MIN_SIDE} px it needs."
+            found = watermark.matches(picture, wanted)
+    except BadRequest as exc:
+        raise gr.Error(str(exc)) from exc
+    except UNREADABLE as exc:
+        raise gr.Error(f"Not a readable image: {exc}") from exc
+    if found:
+        return f"✔ The watermark {wanted.label} is in this picture."
+    return f"✘ The watermark {wanted.label} is not in this picture (or it was resized, cropped or re-compressed)."
+
+
 def build_png_info_tab(engine: Engine, tabs: gr.Tabs, targets: list[GenerationWidgets]) -> None:
     with gr.Row(equal_height=False):
         image = gr.Image(label="Drop an image", type="filepath", sources=["upload", "clipboard"], height=360)
@@ -74,13 +122,22 @@ def build_png_info_tab(engine: Engine, tabs: gr.Tabs, targets: list[GenerationWi
             with gr.Row():
                 buttons = {w.mode: gr.Button(f"Send to {_label(w.mode)}", size="sm") for w in targets}
                 as_reference = gr.Button("Use as reference", size="sm", elem_id="pnginfo-send-reference")
+            provenance = gr.Markdown("", elem_id="pnginfo-provenance")
+            with gr.Row(equal_height=True):
+                message = gr.Textbox(label="Watermark message to look for (12 hex digits or 6 letters)", scale=3,
+                                     elem_id="pnginfo-watermark-message")  # fmt: skip
+                check = gr.Button("Check watermark", size="sm", scale=1, elem_id="pnginfo-check-watermark")
+            watermark_note = gr.Markdown("", elem_id="pnginfo-watermark")
             with gr.Accordion("All text stored in the file", open=False):
                 chunks = gr.Code(language="json", interactive=False)
 
-    def read(path: str | None) -> tuple[str, str]:
-        return (parameters_text(path), text_chunks(path)) if path else ("", "")
+    def read(path: str | None) -> tuple[str, str, str, str]:
+        if not path:
+            return "", "", "", ""
+        return parameters_text(path), text_chunks(path), provenance_text(Path(path)), ""
 
-    image.change(read, image, [parameters, chunks])
+    image.change(read, image, [parameters, chunks, provenance, watermark_note])
+    check.click(watermark_text, [image, message], watermark_note)
     for widgets in targets:
         wire_send(engine, image, buttons[widgets.mode], widgets, tabs)
     first = targets[0]

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import gradio as gr
 
 from pipelines.engine import Engine
+from pipelines.errors import BadRequest
+from pipelines.files import write_text_atomically
 from pipelines.outputs import FORMATS
+from pipelines.standards.safety import missing_help
 
 from .state import MAX_MODELS_RANGE, RAM_BUDGET_GB_RANGE, THEMES, SettingError, SettingsStore, UiSettings
+
+log = logging.getLogger(__name__)
 
 THEME_JS = "(theme) => { document.body.classList.toggle('dark', theme === 'dark'); return theme; }"
 
@@ -104,7 +110,54 @@ def build_settings_tab(engine: Engine, store: SettingsStore, saved: UiSettings) 
         return save_settings(engine, store, values | {"image_format": fmt, "theme": chosen_theme})
 
     save.click(save_settings_clicked, [max_models, ram, image_format, theme], saved_note)
+    build_standards_section(engine, store)
     theme.change(None, theme, None, js=THEME_JS)
     refresh.click(lambda: loaded_table(engine), None, table)
     unload.click(lambda: (engine.manager.unload(), loaded_table(engine))[1], None, table)
     return theme, table
+
+
+BLOCKED_TERMS_FILE = "blocked-terms.txt"  # in the data folder, beside settings.json
+
+
+def load_page_terms(engine: Engine, store: SettingsStore) -> str:
+    """The terms kept in Settings, put in force at start; a damaged file is reported, never lost."""
+    path = store.path.parent / BLOCKED_TERMS_FILE
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        engine.standards.set_page_terms(text)
+    except (OSError, UnicodeDecodeError, BadRequest) as exc:
+        log.error("blocked terms in %s not used: %s", path, exc)
+        return ""
+    return text
+
+
+def build_standards_section(engine: Engine, store: SettingsStore) -> None:
+    """Content standards: what this server marks and checks, the owner's blocked terms, the safety check."""
+    standards = engine.standards
+    path = store.path.parent / BLOCKED_TERMS_FILE
+    with gr.Accordion("Content standards", open=False, elem_id="settings-standards"):
+        gr.Markdown("\n".join(f"- {line}" for line in standards.describe()) + "\n\nSet with launch flags "
+                    "(`--no-ai-mark`, `--c2pa-cert`/`--c2pa-key`, `--watermark`, `--safety-check`).")  # fmt: skip
+        if standards.checker is None:
+            gr.Markdown(missing_help(engine.settings.models_dir), elem_id="settings-safety-help")
+        file_note = f" Terms from `--blocked-terms`: {len(standards.file_terms)}." if standards.file_terms else ""
+        terms = gr.Textbox(
+            load_page_terms(engine, store), lines=6, label="Blocked terms (one term or phrase a line; gore* = gore...)",
+            info=f"Prompts containing one are refused, at every door; the negative prompt is not checked.{file_note}",
+            elem_id="settings-blocked-terms",
+        )  # fmt: skip
+        save_terms = gr.Button("Save blocked terms", size="sm")
+        note = gr.Markdown("")
+
+    def save(text: str) -> str:
+        try:
+            in_force = standards.set_page_terms(text or "")
+            write_text_atomically(path, standards.page_terms.text)
+        except BadRequest as exc:
+            raise gr.Error(f"Blocked terms not saved: {exc}") from exc
+        except OSError as exc:
+            raise gr.Error(f"Blocked terms in force but not saved: cannot write {path}: {exc}") from exc
+        return f"Saved to `{path}`: {len(in_force)} blocked terms in force."
+
+    save_terms.click(save, terms, note)

@@ -44,6 +44,8 @@ class GenerationWidgets:
     selected: gr.State  # index of the result picked in the results gallery
     presets: PresetControls
     reference: gr.Accordion
+    reveal: gr.Button  # shown when the safety check blurred a picture of the last result
+    revealed: gr.HTML  # the flagged original, inline: never a file, never in Gradio's cache
 
 
 def grid_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -199,8 +201,11 @@ def build_generation_widgets(
                 send_inpaint = gr.Button("Send to Inpaint", size="sm")
                 reuse_seed = gr.Button("Reuse seed", size="sm")
                 reuse_all = gr.Button("Reuse all parameters", size="sm")
+            reveal = gr.Button("Show the flagged picture", size="sm", visible=False, elem_id=f"{mode}-reveal")
+            revealed = gr.HTML("", elem_id=f"{mode}-revealed")
     dice.click(lambda: -1, None, fields["seed"], queue=False, show_progress="hidden")
     return GenerationWidgets(
         mode, fields, generate, skip, stop, dice, recycle, prompt_tokens, negative_tokens, results, infotext, status,
-        send_img2img, send_inpaint, reuse_seed, reuse_all, gr.State([]), gr.State(0), presets, reference,
+        send_img2img, send_inpaint, reuse_seed, reuse_all, gr.State([]), gr.State(0), presets, reference, reveal,
+        revealed,
     )  # fmt: skip

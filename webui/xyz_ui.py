@@ -238,10 +238,11 @@ def register_xyz_api(engine: Engine) -> Any:
         except (AtelierError, TypeError, ValueError) as exc:
             raise gr.Error(str(exc)) from exc
         paths = [str(p) for p in [result.grid_path, *(cell.path for cell in result.cells)] if p is not None]
+        finish = engine.outputs.finish
         return {
-            "grid": encode_png(result.grid, result.grid_infotext) if result.grid is not None else "",
+            "grid": encode_png(result.grid, result.grid_infotext, None, finish) if result.grid is not None else "",
             "grid_infotext": result.grid_infotext,
-            "images": [encode_png(cell.image, cell.infotext) for cell in result.cells],
+            "images": [encode_png(cell.image, cell.infotext, None, finish) for cell in result.cells],
             "infotexts": [cell.infotext for cell in result.cells],
             "seeds": [cell.seed for cell in result.cells],
             "paths": paths, "stopped": result.stopped, "notes": result.notes,

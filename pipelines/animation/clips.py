@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -53,10 +53,13 @@ class ClipInfo:
     codec: str = ""
 
 
-def write_clip(frames: Iterable[Image.Image], path: Path | str, fps: float) -> Path:
+def write_clip(
+    frames: Iterable[Image.Image], path: Path | str, fps: float, finish: Callable[[bytes], bytes] | None = None
+) -> Path:
     """Write ``frames`` (PIL images of one size) as the clip ``path`` names (.mp4, .gif or .webp) at
-    ``fps`` frames a second. Returns where it was written: ``path``, or ``path`` with ``-1``... when
-    that name is taken. Raises ``ValueError`` for bad arguments and ``RuntimeError`` when the encoder fails."""
+    ``fps`` frames a second; ``finish`` gets the file's bytes last (the AI-source mark). Returns where
+    it was written: ``path``, or ``path`` with ``-1``... when that name is taken. Raises ``ValueError``
+    for bad arguments and ``RuntimeError`` when the encoder fails."""
     target = Path(path)
     kind = target.suffix.lower().lstrip(".")
     if kind not in KINDS:
@@ -72,6 +75,8 @@ def write_clip(frames: Iterable[Image.Image], path: Path | str, fps: float) -> P
             _write_mp4(checked, temp_path, fps)
         else:
             _write_pillow(checked, temp_path, fps, kind)
+        if finish is not None:
+            temp_path.write_bytes(finish(temp_path.read_bytes()))
         with open(temp_path, "rb+") as written:
             os.fsync(written.fileno())
         final = _publish(temp_path, target)

@@ -64,6 +64,7 @@ def run(
     painter = _Painter(engine, model, settings, width, height)
     folder, stem = engine.outputs.animation_folder(settings.seed)
     made: dict[int, Image.Image] = {}
+    shown: dict[int, Image.Image] = {}
     saved: list[Path] = []
     previous = 0
     for plan in plans:
@@ -80,14 +81,19 @@ def run(
         for index in range(len(saved), plan.index + 1):
             text = _frame_infotext(settings, plans[index], width, height, model)
             fields = {"animation": settings.to_dict(), "frame": index, "seed": plans[index].seed}
-            saved.append(engine.outputs.save_frame(made[index], text, fields, folder, index))
-            job.step, job.preview = index + 1, made[index]
+            # The frame as it may be shown (safety check, watermark); the next frame still grows from made[].
+            screened = engine.standards.screen([made[index]])
+            shown[index] = screened.images[0]
+            notes += [note for note in screened.notes if note not in notes]
+            saved.append(engine.outputs.save_frame(shown[index], text, fields, folder, index))
+            job.step, job.preview = index + 1, shown[index]
             if on_frame is not None:
-                on_frame(index + 1, len(plans), made[index])
+                on_frame(index + 1, len(plans), shown[index])
         previous = plan.index
-    frames = [made[index] for index in range(len(saved))]
+    frames = [shown[index] for index in range(len(saved))]
     job.images, job.paths = frames, saved
-    clip = write_clip(frames, folder.parent / f"{stem}.{settings.clip_format}", settings.fps) if frames else None
+    clip_path = folder.parent / f"{stem}.{settings.clip_format}"
+    clip = write_clip(frames, clip_path, settings.fps, engine.outputs.finish) if frames else None
     stopped = len(frames) < len(plans)
     job.state = "interrupted" if stopped else "done"
     if stopped:

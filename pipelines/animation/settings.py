@@ -118,6 +118,9 @@ class AnimationSettings:
             except BadRequest as exc:
                 problems.extend(exc.problems)
             else:
+                if limits.prompt_problem is not None:  # every keyframe's prompt, as it will run
+                    found = ((frame, limits.prompt_problem(prompt)) for frame, (prompt, _) in keyframes.items())
+                    problems += [f"keyframe {frame}: {problem}" for frame, problem in found if problem]
                 late = [k for k in keyframes if _is_int(self.max_frames) and k >= self.max_frames]
                 if late:
                     notes.append(

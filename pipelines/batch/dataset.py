@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from ..errors import BadRequest
 from ..files import claim, synced_temp
@@ -157,8 +158,10 @@ def new_folder(root: Path, name: str) -> tuple[Path, str]:
 class DatasetWriter:
     """Writes one dataset's pictures and their metadata rows, each picture whole before its row."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, encode: Callable[[Image.Image, str, dict[str, Any]], bytes]) -> None:
+        """``encode``: a picture's PNG bytes with its infotext and the marks (``OutputStore.encode``)."""
         self.folder = folder
+        self.encode = encode
         self.metadata = folder / METADATA
         self._counts: dict[str, int] = {}  # pictures written per class folder, for their numbers
         self.rows = 0
@@ -170,7 +173,7 @@ class DatasetWriter:
         class_folder = self.folder / label
         class_folder.mkdir(exist_ok=True)
         number = self._counts.get(label, 0)
-        temp = synced_temp(class_folder, ".png", lambda file: _write_png(file, image, infotext, fields))
+        temp = synced_temp(class_folder, ".png", lambda file: file.write(self.encode(image, infotext, fields)))
         try:
             while True:
                 target = class_folder / f"{number:05d}.png"
@@ -193,14 +196,6 @@ class DatasetWriter:
             raise
         self.rows += 1
         return target
-
-
-def _write_png(file: IO[bytes], image: Image.Image, infotext: str, fields: dict[str, Any]) -> None:
-    # The same text chunks as the gallery's pictures, so PNG Info and "reuse parameters" read them.
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)
-    info.add_text("atelier", json.dumps(fields, ensure_ascii=False, default=str))
-    image.save(file, format="PNG", pnginfo=info)
 
 
 def remove_if_empty(folder: Path) -> bool:

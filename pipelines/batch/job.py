@@ -189,7 +189,7 @@ def _run(
     folder, name, writer = None, "", None
     if dataset is not None:
         folder, name = new_folder(engine.outputs.root / DATASETS, dataset.name)
-        writer = DatasetWriter(folder)
+        writer = DatasetWriter(folder, engine.outputs.encode)
         if name != dataset.name:
             notes.append(f"a dataset called {dataset.name} exists: this one is {name}")
     stopped = False
