@@ -344,6 +344,8 @@ class Engine:
         save: bool,
     ) -> Result:
         started = time.perf_counter()
+        if self.standards.checks(job.safety_check):
+            preview_every = 0  # a preview would show the picture before the safety check has seen it
         if job.interrupted:  # stopped while it waited for the device
             raise Interrupted(f"job {job.id} was stopped before it started")
         model = self.manager.get(request.model or self.default_model)

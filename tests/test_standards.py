@@ -321,3 +321,16 @@ def test_c2pa_signs_what_the_server_writes(tmp_path: Path) -> None:
     summary = read_manifest(data, "image/png")
     assert summary is not None and summary["digital_source_type"] == TRAINED
     assert xmp.is_ai_marked(data)  # the XMP mark went in before the manifest sealed the bytes
+
+
+def test_no_preview_shows_a_picture_before_the_safety_check_saw_it(tmp_path: Path) -> None:
+    build_checker(tmp_path / "models" / "safety-checker", RED)
+    settings = EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs", safety_check="on")
+    engine = Engine(settings)
+    try:
+        checked, unchecked = Job(), Job(safety_check=False)
+        engine.generate(Txt2Img(prompt="a red circle", **FAST), checked, preview_every=1)
+        engine.generate(Txt2Img(prompt="a red circle", **FAST), unchecked, preview_every=1)
+    finally:
+        engine.close()
+    assert checked.preview is None and unchecked.preview is not None

@@ -119,6 +119,10 @@ class Standards:
                 self._checker = SafetyChecker.find(self.models_dir, self.device)
             return self._checker
 
+    def checks(self, safety_check: bool | None = None) -> bool:
+        """Whether pictures of a job with this wish go through the safety check."""
+        return effective(self.safety_mode, safety_check)[0]
+
     def screen(self, images: list[Image.Image], safety_check: bool | None = None) -> Screened:
         """The safety check (when on, see ``safety.effective``) then the watermark, on a decoded batch."""
         screened = Screened(list(images))
