@@ -73,14 +73,14 @@ def provenance_text(path: Path) -> str:
         data = path.read_bytes()
     except OSError as exc:
         return f"Cannot read the file: {exc}"
-    lines = ["**AI-source mark (XMP):** " + ("made by a trained algorithm (IPTC trainedAlgorithmicMedia)"
-                                             if xmp.is_ai_marked(data) else "none")]  # fmt: skip
+    lines = ["- **AI-source mark (XMP):** " + ("made by a trained algorithm (IPTC trainedAlgorithmicMedia)"
+                                               if xmp.is_ai_marked(data) else "none")]  # fmt: skip
     mime = MIMES.get(_kind(data), "")
     summary = read_manifest(data, mime) if mime else None
     if summary is not None:
-        lines += ["**C2PA manifest:**", *(f"- {line}" for line in describe(summary))]
+        lines += ["- **C2PA manifest:**", *(f"    - {line}" for line in describe(summary))]
     else:
-        lines.append("**C2PA manifest:** none")
+        lines.append("- **C2PA manifest:** none")
     return "\n".join(lines)
 
 
