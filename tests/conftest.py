@@ -108,3 +108,27 @@ def _missing(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"browser tests must run in CI: {reason}")
     pytest.skip(reason)
+
+
+def tiny_sdxl_around(unet: Any) -> Any:
+    """An SDXL pipeline on ``unet`` with a tiny random autoencoder and two tiny text encoders (seeded
+    by the caller: built in this order after its ``torch.manual_seed``)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from pipelines import loading
+
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=16,
+    )  # fmt: skip
+    text = CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
+        projection_dim=32, hidden_act="gelu",
+    )  # fmt: skip
+    tokenizer = loading.clip_tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    )  # fmt: skip

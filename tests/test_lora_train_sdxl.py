@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_sdxl_around
 from PIL import Image, ImageDraw
 
 from pipelines import loading
@@ -48,8 +49,7 @@ DIFFUSERS_KEY = re.compile(r"^unet\.(.+?)(?:\.processor)?\.(\w+?)(?:_lora)?\.dow
 def tiny_sdxl(layers_per_block: int = 1) -> Any:
     """A random SDXL-shaped pipeline, tiny: the test suite's usual one (``layers_per_block`` 1, two
     blocks) or, with 2, one numbered like a real SDXL UNet (three blocks, attention in the last two)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     blocks: dict[str, Any] = dict(
@@ -68,20 +68,7 @@ def tiny_sdxl(layers_per_block: int = 1) -> Any:
         addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
         cross_attention_dim=64, norm_num_groups=16, **blocks,
     )  # fmt: skip
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=16,
-    )  # fmt: skip
-    text = CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
-        projection_dim=32, hidden_act="gelu",
-    )  # fmt: skip
-    tokenizer = loading.clip_tokenizer()
-    pipe: Any = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
-    )  # fmt: skip
+    pipe: Any = tiny_sdxl_around(unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

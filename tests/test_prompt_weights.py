@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_sdxl_around
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -193,9 +194,8 @@ def test_the_tail_of_a_long_prompt_changes_the_picture(engine: Engine, demo: Any
 
 @pytest.fixture(scope="module")
 def sdxl() -> Any:
-    """An SDXL pipeline with tiny random text encoders (copied from test_reference_guidance; never run)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    """An SDXL pipeline with tiny random text encoders (never run)."""
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -205,21 +205,7 @@ def sdxl() -> Any:
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
         cross_attention_dim=64, norm_num_groups=16,
     )  # fmt: skip
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=16,
-    )  # fmt: skip
-    text = CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
-        projection_dim=32, hidden_act="gelu",
-    )  # fmt: skip
-    tokenizer = loading.clip_tokenizer()
-    pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
-    )  # fmt: skip
-    return pipe
+    return tiny_sdxl_around(unet)
 
 
 SDXL_KEYS = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import pixels
+from conftest import pixels, tiny_sdxl_around
 from PIL import Image
 
 from pipelines import samplers, scenes
@@ -279,10 +279,7 @@ def test_an_inpainting_unet_sees_the_reference_unmasked(
 
 def tiny_sdxl() -> Any:
     """An SDXL-shaped pipeline (two text encoders, added time and text embeddings), random and tiny."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from pipelines import loading
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -302,32 +299,7 @@ def tiny_sdxl() -> Any:
         cross_attention_dim=64,
         norm_num_groups=16,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=16,
-    )
-    text = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=49408,
-        projection_dim=32,
-        hidden_act="gelu",
-    )
-    tokenizer = loading.clip_tokenizer()
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text),
-        text_encoder_2=CLIPTextModelWithProjection(text),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
-    )
+    pipe = tiny_sdxl_around(unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

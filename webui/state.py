@@ -6,14 +6,13 @@ import json
 import logging
 import os
 import reprlib
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from pipelines.engine import Job
-from pipelines.files import damaged_name
+from pipelines.files import damaged_name, write_text_atomically
 from pipelines.outputs import FORMATS
 
 log = logging.getLogger(__name__)
@@ -159,19 +158,7 @@ class SettingsStore:
 
     def _write(self, settings: UiSettings) -> None:
         """Atomic write: a crash leaves the old file or the new one, never half of one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(asdict(settings), indent=2, allow_nan=False)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=self.path.parent, prefix=".settings-", delete=False, encoding="utf-8"
-        ) as temp:
-            try:
-                temp.write(text)
-                temp.flush()
-                os.fsync(temp.fileno())
-            except BaseException:
-                Path(temp.name).unlink(missing_ok=True)
-                raise
-        os.replace(temp.name, self.path)
+        write_text_atomically(self.path, json.dumps(asdict(settings), indent=2, allow_nan=False))
 
 
 class JobBoard:
