@@ -14,10 +14,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import serve_studio
 from PIL import Image
 
-import launch
 from pipelines import scenes
 from webui.app import TAB_LABELS
 
@@ -27,19 +26,9 @@ BLUE = (30, 60, 200)
 pytestmark = pytest.mark.browser
 
 
-def _serve(tmp: Path, *extra: str) -> tuple[Any, str]:
-    port = free_port()
-    args = launch.parse_args(
-        ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
-         "--models-dir", str(tmp / "models"), *extra]
-    )  # fmt: skip
-    app = launch.serve(args, prevent_thread_lock=True)
-    return app, f"http://127.0.0.1:{port}/"
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app, url = _serve(tmp_path_factory.mktemp("browser"))
+    app, url = serve_studio(tmp_path_factory.mktemp("browser"))
     yield url
     app.close()
 
@@ -172,7 +161,7 @@ def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, se
 
 
 def test_auth_refuses_a_wrong_password_and_accepts_the_right_one(tmp_path: Path) -> None:
-    app, url = _serve(tmp_path, "--auth", "artist:s3cret")
+    app, url = serve_studio(tmp_path, "--auth", "artist:s3cret")
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("config").status_code == 401

@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import serve_studio
 from PIL import Image, ImageDraw
-
-import launch
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -25,13 +23,8 @@ pytestmark = pytest.mark.browser
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("browser-reference")
     (tmp / "models").mkdir()
-    port = free_port()
-    args = launch.parse_args(
-        ["--port", str(port), "--outputs-dir", str(tmp / "outputs"), "--data-dir", str(tmp / "data"),
-         "--models-dir", str(tmp / "models")]
-    )  # fmt: skip
-    app = launch.serve(args, prevent_thread_lock=True)
-    yield f"http://127.0.0.1:{port}/"
+    app, url = serve_studio(tmp)
+    yield url
     app.close()
 
 
