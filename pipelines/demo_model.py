@@ -15,8 +15,6 @@ import itertools
 import json
 import logging
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +26,7 @@ import torch
 from PIL import Image
 
 from . import loading, scenes, training
+from .files import replace_folder
 from .loading import DEMO_FOLDER, clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -221,24 +220,13 @@ def _read_record(out: Path, recipe: dict[str, int], stages: tuple[Stage, ...]) -
 
 def save(pipe: Any, out: Path) -> None:
     """Writes ``pipe`` as an fp16 diffusers folder, swapping it in whole so ``out`` is never half-written."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=out.parent))
-    try:
-        # Copies, so a checkpoint mid-training leaves the modules being trained in full precision.
-        copies = {name: copy.deepcopy(getattr(pipe, name)).half() for name in ("unet", "vae", "text_encoder")}
-        # From its own module: diffusers' __init__ shows type checkers a dummy class without methods.
-        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    # Copies, so a checkpoint mid-training leaves the modules being trained in full precision.
+    copies = {name: copy.deepcopy(getattr(pipe, name)).half() for name in ("unet", "vae", "text_encoder")}
+    # From its own module: diffusers' __init__ shows type checkers a dummy class without methods.
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
-        saved = StableDiffusionPipeline(**{**pipe.components, **copies}, requires_safety_checker=False)
-        saved.save_pretrained(staging, safe_serialization=True)
-        old = out.with_name(out.name + ".old")
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    saved = StableDiffusionPipeline(**{**pipe.components, **copies}, requires_safety_checker=False)
+    replace_folder(Path(out), lambda staging: saved.save_pretrained(staging, safe_serialization=True))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,3 +73,20 @@ def write_text_atomically(path: Path, text: str) -> None:
             Path(temp.name).unlink(missing_ok=True)
             raise
     os.replace(temp.name, path)
+
+
+def replace_folder(out: Path, fill: Callable[[Path], object]) -> None:
+    """Write the folder ``out`` whole: ``fill`` writes into a staging folder beside it, which then
+    takes ``out``'s place (the old one is removed after), so ``out`` is never half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is for everyone
+        fill(staging)
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

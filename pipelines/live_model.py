@@ -18,8 +18,6 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from . import distill, loading
 from .errors import BadRequest
+from .files import replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -166,20 +165,13 @@ def build(
 
 def write(out: Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
     """The weights (``distill.pack``) and the record, swapped into ``out`` whole."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         save_file(distill.pack(tensors), staging / WEIGHTS, {"format": "pt"})
         (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        for path in (staging, staging / WEIGHTS):  # mkdtemp makes them private; the model is for everyone
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        old = out.with_name(out.name + ".old")
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / WEIGHTS).chmod(0o644)
+
+    replace_folder(out, fill)
 
 
 def is_built(folder: Path = SHIPPED) -> bool:
