@@ -132,3 +132,20 @@ def tiny_sdxl_around(unet: Any) -> Any:
         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
     )  # fmt: skip
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # screenshots of the browser tests' runs
+
+
+def shot(page: Any, name: str) -> None:
+    """A full-page screenshot in test-artifacts/, to look at the page the way a user does."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def studio_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Atelier server of the module's own (fresh folders), for browser tests: its URL."""
+    app, url = serve_studio(tmp_path_factory.mktemp("studio"))
+    yield url
+    app.close()

@@ -14,37 +14,24 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import serve_studio
+from conftest import serve_studio, shot
 from PIL import Image
 
 from pipelines import scenes
 from webui.app import TAB_LABELS
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 BLUE = (30, 60, 200)
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app, url = serve_studio(tmp_path_factory.mktemp("browser"))
-    yield url
-    app.close()
-
-
 @pytest.fixture
-def page(browser: Any, server: str) -> Iterator[Any]:
+def page(browser: Any, studio_url: str) -> Iterator[Any]:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(server)
+    page.goto(studio_url)
     page.wait_for_selector("#txt2img-generate", timeout=60_000)
     yield page
     page.close()
-
-
-def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def _fetch_image(page: Any, selector: str) -> Image.Image:
@@ -57,13 +44,13 @@ def _fetch_image(page: Any, selector: str) -> Image.Image:
 def test_generate_shows_the_image_and_the_gallery_keeps_it(page: Any) -> None:
     for label in TAB_LABELS:
         assert page.get_by_role("tab", name=label).is_visible(), f"tab {label!r} missing"
-    _shot(page, "01-text-to-image")
+    shot(page, "01-text-to-image")
     page.get_by_label("Prompt", exact=True).first.fill("a red star on a cream background")
     page.locator("#txt2img-seed input").fill("7")
     page.locator("#txt2img-generate").click()
     page.locator("#txt2img-status").get_by_text("Done in").wait_for(timeout=60_000)
     result = "#txt2img-results img[src*='gradio_api/file=']"
-    _shot(page, "02-result")
+    shot(page, "02-result")
     shown, panel = page.locator(result).first.bounding_box(), page.locator("#txt2img-results").bounding_box()
     assert panel["y"] <= shown["y"] and shown["y"] + shown["height"] <= panel["y"] + panel["height"], (
         f"the result is cropped: picture {shown}, results panel {panel}"
@@ -80,7 +67,7 @@ def test_generate_shows_the_image_and_the_gallery_keeps_it(page: Any) -> None:
     search.fill("red star on a cream")
     search.press("Enter")
     page.get_by_text("1 image matching “red star on a cream” · page 1 of 1").wait_for(timeout=10_000)
-    _shot(page, "03-gallery")
+    shot(page, "03-gallery")
 
 
 def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) -> None:
@@ -104,11 +91,11 @@ def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) 
     for step in range(1, 11):
         page.mouse.move(box["x"] + box["width"] * (0.3 + 0.04 * step), middle_y)
     page.mouse.up()
-    _shot(page, "04-inpaint-stroke")
+    shot(page, "04-inpaint-stroke")
     page.locator("#inpaint-generate").click()
     page.locator("#inpaint-status").get_by_text("Done in").wait_for(timeout=60_000)
     result = "#inpaint-results img[src*='gradio_api/file=']"
-    _shot(page, "05-inpaint-result")
+    shot(page, "05-inpaint-result")
     out = np.asarray(_fetch_image(page, result), dtype=np.int16)
     assert out.shape == (128, 128, 3)
     # The stroke crosses the middle rows; with the default mask blur (4 px) rows this far away stay.
@@ -130,7 +117,7 @@ def test_picking_a_few_step_sampler_brings_the_cfg_and_steps_it_needs(page: Any)
     expect(page.locator("#txt2img-cfg input[type=number]")).to_have_value("1.5")
 
 
-def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, server: str) -> None:
+def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, studio_url: str) -> None:
     page.get_by_label("Prompt", exact=True).first.fill("a quiet harbour")
     page.locator("#txt2img-seed input").fill("1234")
     page.locator("#txt2img-steps input[type=number]").fill("33")
@@ -142,7 +129,7 @@ def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, se
     page.locator("#txt2img-preset-name textarea, #txt2img-preset-name input").first.fill("harbour night")
     page.locator("#txt2img-save-preset").click()
     page.get_by_text("Saved “harbour night”.").wait_for(timeout=15_000)
-    _shot(page, "06-preset-saved")
+    shot(page, "06-preset-saved")
 
     page.reload()
     page.wait_for_selector("#txt2img-generate", timeout=60_000)
@@ -157,7 +144,7 @@ def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, se
     assert page.locator("#txt2img-steps input[type=number]").input_value() == "33"
     page.locator("#txt2img-presets").get_by_text("Styles and negative presets").click()
     page.locator("#txt2img-final-prompt").get_by_text("watercolor painting of a quiet harbour").wait_for(timeout=10_000)
-    _shot(page, "07-preset-loaded")
+    shot(page, "07-preset-loaded")
 
 
 def test_auth_refuses_a_wrong_password_and_accepts_the_right_one(tmp_path: Path) -> None:

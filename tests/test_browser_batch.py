@@ -4,26 +4,16 @@ two pictures in the tab's results, each drawn from its own line."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import serve_studio
+from conftest import ARTIFACTS
 from PIL import Image
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 RESULTS = "#txt2img-results img[src*='gradio_api/file=']"
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app, url = serve_studio(tmp_path_factory.mktemp("browser-batch"))
-    yield url
-    app.close()
 
 
 def _red_minus_blue(page: Any, index: int) -> float:
@@ -38,10 +28,10 @@ def _red_minus_blue(page: Any, index: int) -> float:
     return float(red - blue)
 
 
-def test_two_typed_lines_give_two_pictures(browser: Any, server: str) -> None:
+def test_two_typed_lines_give_two_pictures(browser: Any, studio_url: str) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(server)
+        page.goto(studio_url)
         page.wait_for_selector("#txt2img-generate", timeout=60_000)
         page.get_by_text("Prompts from a list / dataset").click()
         page.locator("#batch-lines textarea").fill("a red circle --seed 3\n--prompt 'a blue square' --seed 4")

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import serve_studio
+from conftest import serve_studio, shot
 from PIL import Image
 
 from pipelines import scenes
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 LIVE_IMAGE = "#txt2img-live-image img"
 FPS = re.compile(r"(\d+(?:\.\d+)?) fps")
 
@@ -31,11 +30,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     app, url = serve_studio(root)
     yield url, root / "outputs"
     app.close()
-
-
-def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def _shown(page: Any) -> Image.Image | None:
@@ -57,7 +51,7 @@ def _wait_for_colour(page: Any, colour: str, timeout: float = 60) -> Image.Image
             if seen == colour:
                 return image
         page.wait_for_timeout(200)
-    _shot(page, f"live-failed-{colour}")
+    shot(page, f"live-failed-{colour}")
     readout = page.locator("#txt2img-live-readout").inner_text()
     raise AssertionError(f"the live picture never turned {colour} (last seen: {seen or 'nothing'}; {readout!r})")
 
@@ -82,7 +76,7 @@ def test_typing_with_live_on_redraws_the_picture_and_shows_the_speed(browser: An
         text = readout.inner_text()
         match = FPS.search(text)
         assert match and float(match.group(1)) > 0, text
-        _shot(page, "live-01-typing")
+        shot(page, "live-01-typing")
         # Keep saves the frame on show, with its infotext, and the results panel shows it.
         saved_before = set(outputs.rglob("*.png"))
         page.locator("#txt2img-live-keep").click()

@@ -11,34 +11,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import serve_studio
+from conftest import shot
 from PIL import Image
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 BLUE = (30, 60, 200)
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app, url = serve_studio(tmp_path_factory.mktemp("browser-outpaint"))
-    yield url
-    app.close()
-
-
 @pytest.fixture
-def page(browser: Any, server: str) -> Iterator[Any]:
+def page(browser: Any, studio_url: str) -> Iterator[Any]:
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(server)
+    page.goto(studio_url)
     page.wait_for_selector("#txt2img-generate", timeout=60_000)
     yield page
     page.close()
-
-
-def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def _slider(page: Any, elem_id: str) -> Any:
@@ -72,7 +59,7 @@ def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_pa
     page.locator("#inpaint-extend-canvas").click()
     page.locator("#inpaint-outpaint-note").get_by_text("Canvas now 128×64").wait_for(timeout=15_000)
     page.wait_for_timeout(1500)  # the editor redraws its canvas after the value arrives
-    _shot(page, "outpaint-01-extended")
+    shot(page, "outpaint-01-extended")
     assert _slider(page, "inpaint-width").input_value() == "128"
     assert _slider(page, "inpaint-height").input_value() == "64"
     after = _canvas_extent(page)
@@ -83,7 +70,7 @@ def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_pa
     _slider(page, "inpaint-steps").press("Enter")
     page.locator("#inpaint-generate").click()
     page.locator("#inpaint-status").get_by_text("Done in").wait_for(timeout=60_000)
-    _shot(page, "outpaint-02-result")
+    shot(page, "outpaint-02-result")
     source = page.locator("#inpaint-results img[src*='gradio_api/file=']").first.get_attribute("src")
     response = page.request.get(source)
     assert response.ok, f"{source}: HTTP {response.status}"

@@ -11,27 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import serve_studio
+from conftest import ARTIFACTS
 from PIL import Image, ImageDraw
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("browser-reference")
-    (tmp / "models").mkdir()
-    app, url = serve_studio(tmp)
-    yield url
-    app.close()
-
-
 @pytest.fixture
-def page(browser: Any, server: str) -> Iterator[Any]:
+def page(browser: Any, studio_url: str) -> Iterator[Any]:
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.goto(server)
+    page.goto(studio_url)
     page.wait_for_selector("#txt2img-generate", timeout=60_000)
     yield page
     page.close()

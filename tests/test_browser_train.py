@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import serve_studio
+from conftest import serve_studio, shot
 from PIL import Image
 
 from pipelines import scenes
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SAMPLES = "#train-samples img"
 
 pytestmark = pytest.mark.browser
@@ -66,8 +65,7 @@ def test_upload_train_and_watch_the_loss_and_the_samples(
         page.locator("#train-sample-every input").fill("3")
         page.locator("#train-start").click()
         page.locator("#train-status").get_by_text("Done: 6/6 steps").wait_for(timeout=120_000)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "train-01-done.png"), full_page=True)
+        shot(page, "train-01-done")
         # The loss plot drew its points, and both samples (steps 3 and 6) are shown.
         page.locator("#train-loss .mark-line path").first.wait_for(timeout=10_000)
         plot = page.locator("#train-loss").inner_html()

@@ -4,26 +4,16 @@ the labelled grid first in the tab's results and then every cell, the grid's par
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import serve_studio
+from conftest import ARTIFACTS
 from PIL import Image
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 RESULTS = "#txt2img-results img[src*='gradio_api/file=']"
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    app, url = serve_studio(tmp_path_factory.mktemp("browser-xyz"))
-    yield url
-    app.close()
 
 
 def _picture(page: Any, index: int) -> Image.Image:
@@ -33,10 +23,10 @@ def _picture(page: Any, index: int) -> Image.Image:
     return Image.open(io.BytesIO(response.body())).convert("RGB")
 
 
-def test_seed_by_steps_plot_shows_its_grid_then_its_cells(browser: Any, server: str) -> None:
+def test_seed_by_steps_plot_shows_its_grid_then_its_cells(browser: Any, studio_url: str) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(server)
+        page.goto(studio_url)
         page.wait_for_selector("#txt2img-generate", timeout=60_000)
         page.get_by_label("Prompt", exact=True).first.fill("a yellow triangle")
         page.locator("#xyz-plot").get_by_text("X/Y/Z plot").first.click()
