@@ -209,12 +209,7 @@ def _wire_run(engine: Engine, jobs: JobBoard, widgets: AnimationWidgets) -> None
         except (AtelierError, TypeError) as exc:
             raise gr.Error(str(exc)) from exc
         session = request.session_hash or "anonymous"
-        job = jobs.start(session)
-        try:
-            yield from _stream(engine, job, settings, widgets)
-        finally:
-            job.interrupt() if job.state in ("queued", "running") else None  # the browser went away
-            jobs.finish(session, job)
+        yield from jobs.stream(session, lambda job: _stream(engine, job, settings, widgets))
 
     widgets.generate.click(
         run, set(widgets.fields.values()), outputs, concurrency_limit=GPU_WAITERS, concurrency_id="gpu",

@@ -165,12 +165,7 @@ def wire_generation(
         except (AtelierError, PresetError) as exc:
             raise gr.Error(str(exc)) from exc
         session = request.session_hash or "anonymous"
-        job = jobs.start(session)
-        try:
-            yield from _stream(engine, job, job_request, widgets, progress)
-        finally:
-            job.interrupt() if job.state in ("queued", "running") else None  # the browser went away
-            jobs.finish(session, job)
+        yield from jobs.stream(session, lambda job: _stream(engine, job, job_request, widgets, progress))
 
     state_widget, state_text = device_state
     widgets.generate.click(

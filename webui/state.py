@@ -7,9 +7,10 @@ import logging
 import os
 import reprlib
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipelines.engine import Job
 from pipelines.files import damaged_name, write_text_atomically
@@ -161,6 +162,9 @@ class SettingsStore:
         write_text_atomically(self.path, json.dumps(asdict(settings), indent=2, allow_nan=False))
 
 
+T = TypeVar("T")
+
+
 class JobBoard:
     """Which browser session runs which job, so Stop only ever stops the clicker's own job.
 
@@ -194,6 +198,17 @@ class JobBoard:
             return False
         job.skip()
         return True
+
+    def stream(self, session: str, updates: Callable[[Job], Iterator[T]], kind: str = "generate") -> Iterator[T]:
+        """The page's updates of a new job of the session's (``updates(job)``); if the page stops
+        listening (the browser went away), a job still queued or running is stopped."""
+        job = self.start(session, kind)
+        try:
+            yield from updates(job)
+        finally:
+            if job.state in ("queued", "running"):
+                job.interrupt()
+            self.finish(session, job, kind)
 
     def finish(self, session: str, job: Job, kind: str = "generate") -> None:
         with self._lock:

@@ -111,12 +111,7 @@ def wire_xyz(
         except (AtelierError, PresetError, TypeError) as exc:
             raise gr.Error(str(exc)) from exc
         session = request.session_hash or "anonymous"
-        job = jobs.start(session)
-        try:
-            yield from _stream(engine, job, settings, widgets)
-        finally:
-            job.interrupt() if job.state in ("queued", "running") else None  # the browser went away
-            jobs.finish(session, job)
+        yield from jobs.stream(session, lambda job: _stream(engine, job, settings, widgets))
 
     controls.run.click(
         run, inputs={model_picker, widgets.presets.styles, widgets.presets.negatives, *widgets.fields.values(),
