@@ -29,7 +29,7 @@ from PIL import Image
 from ..errors import BadRequest
 from ..files import claim, synced_temp
 from ..requests import Txt2Img
-from .prompt_list import MAX_LINES, MAX_PICTURES, PromptLine, Style, first_problems, parse_line
+from .prompt_list import MAX_LINES, MAX_PICTURES, PromptLine, Style, numbered_lines, parse_line
 
 DATASETS = "datasets"  # the folder under the outputs folder that holds every dataset
 METADATA = "metadata.jsonl"
@@ -80,25 +80,11 @@ def slug(text: str, limit: int = 40) -> str:
 
 def parse_classes(text: str, max_lines: int = MAX_LINES) -> list[DatasetClass]:
     """The classes of ``text``; one ``BadRequest`` lists every line's problems with its number."""
-    if not isinstance(text, str):
-        raise BadRequest(f"the classes must be text, got {type(text).__name__}")
-    classes: list[DatasetClass] = []
-    problems: list[str] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            classes.append(_parse_class(number, stripped))
-        except BadRequest as exc:
-            problems += [f"line {number}: {problem}" for problem in exc.problems]
-        if len(classes) > max_lines:
-            raise BadRequest(f"the dataset has more than {max_lines} prompts; make it in parts")
-    if problems:
-        raise BadRequest(first_problems(problems))
-    if not classes:
-        raise BadRequest('the dataset has no prompts: write one "class_name: prompt" per line')
-    return classes
+    return numbered_lines(
+        text, _parse_class, max_lines,
+        ("the classes", f"the dataset has more than {max_lines} prompts; make it in parts",
+         'the dataset has no prompts: write one "class_name: prompt" per line'),
+    )  # fmt: skip
 
 
 def _parse_class(number: int, line: str) -> DatasetClass:

@@ -16,10 +16,12 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import BadRequest
 from ..requests import Limits, Txt2Img
+
+T = TypeVar("T")
 
 MAX_LINES = 1000  # prompts in one list
 MAX_PICTURES = 10_000  # pictures one list or dataset may make (a day of work on a big GPU)
@@ -67,25 +69,37 @@ def read_list_file(path: Path | str, limit: int = MAX_FILE_BYTES) -> str:
 
 def parse_lines(text: str, max_lines: int = MAX_LINES) -> list[PromptLine]:
     """Every prompt line of ``text``; one ``BadRequest`` lists the problems of all lines."""
+    return numbered_lines(
+        text, lambda number, line: PromptLine(number, parse_line(line)), max_lines,
+        ("the list", f"the list has more than {max_lines} prompts; split it into lists of {max_lines}",
+         "the list has no prompts: write one prompt per line (lines starting with # are skipped)"),
+    )  # fmt: skip
+
+
+def numbered_lines(text: str, parse: Callable[[int, str], T], max_lines: int, wording: tuple[str, str, str]) -> list[T]:
+    """``parse(number, line)`` of every line that is not blank or a ``#`` comment; one ``BadRequest``
+    lists every line's problems with its number. ``wording``: what the text is, and what to say when
+    it has too many lines or none."""
+    what, too_many, none = wording
     if not isinstance(text, str):
-        raise BadRequest(f"the list must be text, got {type(text).__name__}")
-    lines: list[PromptLine] = []
+        raise BadRequest(f"{what} must be text, got {type(text).__name__}")
+    parsed: list[T] = []
     problems: list[str] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            lines.append(PromptLine(number, parse_line(stripped)))
+            parsed.append(parse(number, stripped))
         except BadRequest as exc:
             problems += [f"line {number}: {problem}" for problem in exc.problems]
-        if len(lines) > max_lines:
-            raise BadRequest(f"the list has more than {max_lines} prompts; split it into lists of {max_lines}")
+        if len(parsed) > max_lines:
+            raise BadRequest(too_many)
     if problems:
         raise BadRequest(first_problems(problems))
-    if not lines:
-        raise BadRequest("the list has no prompts: write one prompt per line (lines starting with # are skipped)")
-    return lines
+    if not parsed:
+        raise BadRequest(none)
+    return parsed
 
 
 def parse_line(line: str) -> dict[str, Any]:
