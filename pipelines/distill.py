@@ -209,7 +209,7 @@ class Pairs:
 
 @dataclass
 class StudentSchedule:
-    steps: int = 500
+    steps: int = 800
     batch_size: int = 32
     learning_rate: float = 1.5e-3  # low-rank factors
     full_learning_rate: float = 5e-4  # whole-matrix deltas: each element is a weight of its own

@@ -51,7 +51,7 @@ class Recipe:
 
     seed: int = 0
     teacher: distill.Teacher = field(default_factory=distill.Teacher)
-    pairs: int = 1024  # teacher pictures, drawn in shards of ``shard_size``
+    pairs: int = 2048  # teacher pictures, drawn in shards of ``shard_size``
     shard_size: int = 128
     # 0: every layer's whole weight change (4.2 MB in int8). A rank-32 change (3.2 MB) learnt the
     # teacher's shapes too slowly: after 150 steps the loss stood at 0.14, and one step drew 59% of
