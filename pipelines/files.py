@@ -61,12 +61,13 @@ def claim(temp_path: Path, target: Path) -> None:
                 raise
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace ``path``'s text whole: a crash leaves the old file or the new one, never half of one."""
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` whole: a temp file beside it, synced, then renamed over it, so a crash (or a
+    reader meanwhile) finds the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".writing-", delete=False, encoding="utf-8") as temp:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".writing-", suffix=path.suffix, delete=False) as temp:
         try:
-            temp.write(text)
+            temp.write(data)
             temp.flush()
             os.fsync(temp.fileno())
         except BaseException:

@@ -10,7 +10,7 @@ import gradio as gr
 
 from pipelines.engine import Engine
 from pipelines.errors import BadRequest
-from pipelines.files import write_text_atomically
+from pipelines.files import replace_file
 from pipelines.outputs import FORMATS
 from pipelines.standards.safety import missing_help
 
@@ -153,7 +153,7 @@ def build_standards_section(engine: Engine, store: SettingsStore) -> None:
     def save(text: str) -> str:
         try:
             in_force = standards.set_page_terms(text or "")
-            write_text_atomically(path, standards.page_terms.text)
+            replace_file(path, standards.page_terms.text.encode("utf-8"))
         except BadRequest as exc:
             raise gr.Error(f"Blocked terms not saved: {exc}") from exc
         except OSError as exc:

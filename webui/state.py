@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipelines.engine import Job
-from pipelines.files import damaged_name, write_text_atomically
+from pipelines.files import damaged_name, replace_file
 from pipelines.outputs import FORMATS
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class SettingsStore:
 
     def _write(self, settings: UiSettings) -> None:
         """Atomic write: a crash leaves the old file or the new one, never half of one."""
-        write_text_atomically(self.path, json.dumps(asdict(settings), indent=2, allow_nan=False))
+        replace_file(self.path, json.dumps(asdict(settings), indent=2, allow_nan=False).encode("utf-8"))
 
 
 T = TypeVar("T")

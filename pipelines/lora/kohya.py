@@ -40,10 +40,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from ..files import replace_file
 
 if TYPE_CHECKING:
     from .data import DataSet
@@ -194,16 +194,7 @@ def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     older version: a picker listing the folder meanwhile sees the old file or the new one).
     Returns the file's size in bytes."""
     data = serialized(tensors, metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".writing-", suffix=".safetensors", delete=False) as temp:
-        try:
-            temp.write(data)
-            temp.flush()
-            os.fsync(temp.fileno())
-        except BaseException:
-            Path(temp.name).unlink(missing_ok=True)
-            raise
-    os.replace(temp.name, path)
+    replace_file(path, data)
     return len(data)
 
 
