@@ -106,6 +106,19 @@ def _size_follows_image(widgets: GenerationWidgets) -> None:
     image_widget.upload(sizes, image_widget, [widgets.fields["width"], widgets.fields["height"]], queue=False)
 
 
+def tab_request(
+    library: PresetLibrary, widgets: GenerationWidgets, data: dict[Any, Any], model_picker: gr.Dropdown
+) -> Txt2Img:
+    """The tab's widgets as its request, the chosen styles and negative presets applied (as the
+    preview above Generate shows them). ``PresetError``/``BadRequest`` for what is wrong."""
+    values = {name: data[widget] for name, widget in widgets.fields.items()}
+    values["prompt"], values["negative_prompt"] = library.compose(
+        values["prompt"] or "", values["negative_prompt"] or "",
+        data[widgets.presets.styles] or [], data[widgets.presets.negatives] or [],
+    )  # fmt: skip
+    return request_from(widgets.mode, values | {"model": data[model_picker] or ""})
+
+
 def request_from(mode: str, values: dict[str, Any]) -> Txt2Img:
     """Widget values (by request field name) -> the mode's typed request."""
     cls = REQUESTS[mode]
@@ -153,14 +166,8 @@ def wire_generation(
     def run(
         data: dict[Any, Any], request: gr.Request, progress: gr.Progress = gr.Progress()
     ) -> Iterator[dict[Any, Any]]:
-        values = {name: data[widget] for name, widget in widgets.fields.items()}
         try:
-            # Chosen styles and negative presets apply here, as the preview above Generate shows.
-            values["prompt"], values["negative_prompt"] = library.compose(
-                values["prompt"] or "", values["negative_prompt"] or "",
-                data[widgets.presets.styles] or [], data[widgets.presets.negatives] or [],
-            )  # fmt: skip
-            job_request = request_from(widgets.mode, values | {"model": data[model_picker] or ""})
+            job_request = tab_request(library, widgets, data, model_picker)
             job_request.checked(engine.limits)
         except (AtelierError, PresetError) as exc:
             raise gr.Error(str(exc)) from exc

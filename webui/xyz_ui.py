@@ -26,7 +26,7 @@ from presets.store import PresetError, PresetLibrary
 
 from .api import encode_png
 from .endpoints import GPU_WAITERS
-from .generation import request_from
+from .generation import tab_request
 from .state import JobBoard
 from .widgets import GenerationWidgets
 
@@ -95,13 +95,8 @@ def wire_xyz(
     options = [*controls.types, *controls.values, controls.draw_legend, controls.keep_random_seeds]
 
     def run(data: dict[Any, Any], request: gr.Request) -> Iterator[dict[Any, Any]]:
-        values = {name: data[widget] for name, widget in widgets.fields.items()}
         try:
-            values["prompt"], values["negative_prompt"] = library.compose(
-                values["prompt"] or "", values["negative_prompt"] or "",
-                data[widgets.presets.styles] or [], data[widgets.presets.negatives] or [],
-            )  # fmt: skip
-            base = request_from(widgets.mode, values | {"model": data[model_picker] or ""})
+            base = tab_request(library, widgets, data, model_picker)
             x, y, z = (
                 Axis(data[kind], data[text] or "") for kind, text in zip(controls.types, controls.values, strict=True)
             )
