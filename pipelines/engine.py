@@ -254,7 +254,7 @@ class Engine:
         """The request normalised, with its notes, or ``BadRequest``: its fields, its reference and
         its hires upscaler (whose names depend on the models folder) checked before it queues."""
         request, notes = request.checked(self.limits)
-        self.standards.check_prompt(request.prompt)  # the owner's rules (blocked terms also in ``checked``)
+        self.standards.check_ready()  # a required safety check without its model: nothing is drawn
         self.loras.resolve(lora.extract(request.prompt)[1])  # malformed tags, unknown names: 422 before queueing
         request, reference_notes = reference_job.with_reference(request, self.outputs, self.references, self.url_policy)
         if request.enable_hr and not isinstance(request, Img2Img):

@@ -3,8 +3,9 @@ optional invisible watermark, an optional safety check and the owner's blocked t
 
 ``Standards`` is the engine's one object for all of them, built from the launch flags:
 
-- ``check_prompt``: the owner's blocked terms, on the prompt as it will run (styles, presets and
-  prompt lists already expanded), before anything queues;
+- ``prompt_problem``: the owner's blocked terms, on the prompt as it will run (styles, presets and
+  prompt lists already expanded), read by every request's check (``Limits.prompt_problem``), so
+  nothing queues with one;
 - ``screen``: pixels, right after decoding and before anything is saved or sent: the safety check
   (flagged pictures blurred) and then the invisible watermark;
 - ``finish``: the bytes of every file written or returned (PNG, JPEG, WebP, GIF, MP4): the XMP
@@ -82,10 +83,8 @@ class Standards:
         self.blocked = self.file_terms
 
     # -- before a job queues ----------------------------------------------------------------
-    def check_prompt(self, prompt: str, where: str = "prompt") -> None:
-        """``BadRequest`` naming the blocked term the prompt contains (the negative prompt is not checked),
-        or ``SafetyUnavailable`` when the owner requires a safety check this server cannot run."""
-        self.blocked.check(prompt, where)
+    def check_ready(self) -> None:
+        """``SafetyUnavailable`` when the owner requires a safety check this server cannot run."""
         if self.safety_mode is SafetyMode.REQUIRED and self.checker is None:
             raise SafetyUnavailable(self._missing_model())
 
