@@ -33,7 +33,7 @@ from .manager import LoadedModel, PipelineManager
 from .outputs import OutputStore
 from .requests import Img2Img, Inpaint, Limits, Request, Txt2Img
 from .settings import EngineSettings
-from .standards import standards_for
+from .standards import flagged_note, standards_for
 from .upscale import hires
 from .upscale.upscalers import UpscalerLibrary
 
@@ -227,6 +227,7 @@ class Engine:
         """Queue a clip like a generation: it waits its turn in the same queue and holds the device
         for all its frames. Bad settings raise here, before anything is queued."""
         settings, notes = settings.checked(self.limits)
+        self.standards.check_ready()
         job = job or Job()
         work = functools.partial(animation_job.run, self, settings, notes, job, on_frame)
         return self._queued(job, settings.model, work, f"{settings.width}x{settings.height}")
@@ -381,6 +382,7 @@ class Engine:
         ]
         paths: list[Path] = []
         hidden: dict[int, Image.Image] = {}
+        flagged: list[bool] = []
         # Applied once around every batch (and a hires pass); taken off however the job ends.
         with lora.applied(model.pipe, loras, self.loras) as applied_loras:
             for batch in range(request.batch_count):
@@ -396,12 +398,16 @@ class Engine:
                 finished = screened.images
                 notes += [note for note in screened.notes if note not in notes]
                 hidden.update({len(job.images) + index: image for index, image in screened.originals.items()})
+                flagged += screened.flagged
                 if save:
                     fields = request.fields() | {"model": model.name}
                     saved = self.outputs.save_batch(finished, texts[span], seeds[span], fields, notes)
                     paths += saved
                     job.paths += saved
                 job.images += finished
+        if note := flagged_note(flagged):  # one note for the request's pictures, numbered across batches
+            notes.append(note)
+            log.warning("safety check: %s", note)
         job.state = "done"
         ended = time.perf_counter()
         timings = {"queue_s": started - queued, "load_s": loaded - started, "generate_s": ended - loaded}

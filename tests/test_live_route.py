@@ -108,3 +108,28 @@ def test_another_sites_page_cannot_use_the_road(open_server: str) -> None:
     answer = httpx.post(open_server.rstrip("/") + FRAME_PATH, json={"key": KEY, "fields": {"prompt": "x"}},
                         headers={"Origin": "http://evil.example"}, timeout=30)  # fmt: skip
     assert answer.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"prompt": "x", "width": "abc"}, "width"),
+        ({"prompt": "x", "width": 100000}, "width must be between"),
+        ({"prompt": ["x"]}, "prompt must be text"),
+    ],
+)
+def test_what_the_engine_refuses_is_a_422_too(open_server: str, fields: dict[str, Any], said: str) -> None:
+    with httpx.Client() as client:
+        answer = client.post(
+            open_server.rstrip("/") + FRAME_PATH, json={"key": KEY, "steps": 1, "fields": fields}, timeout=60
+        )
+    assert answer.status_code == 422 and said in answer.json()["detail"], answer.text
+
+
+def test_a_huge_or_deeply_nested_body_is_refused_unread(open_server: str) -> None:
+    url = open_server.rstrip("/") + FRAME_PATH
+    headers = {"Content-Type": "application/json"}
+    huge = httpx.post(url, content=b"[" * 300_000, headers=headers, timeout=60)
+    assert huge.status_code == 422 and "larger than" in huge.json()["detail"]
+    nested = httpx.post(url, content=b"[" * 100_000, headers=headers, timeout=60)
+    assert nested.status_code == 422 and "not JSON" in nested.json()["detail"]

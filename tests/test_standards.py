@@ -334,3 +334,51 @@ def test_no_preview_shows_a_picture_before_the_safety_check_saw_it(tmp_path: Pat
     finally:
         engine.close()
     assert checked.preview is None and unchecked.preview is not None
+
+
+@pytest.mark.parametrize(
+    "prompt", ["(go)(re) at noon", "[go][re]", "go<lora:any:0>re", "go{image:pic}re", "blood BREAK bath"]
+)
+def test_words_joined_by_syntax_are_read_as_the_model_reads_them(tmp_path: Path, prompt: str) -> None:
+    (tmp_path / "terms.txt").write_text(TERMS, encoding="utf-8")
+    settings = EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                              blocked_terms=tmp_path / "terms.txt")  # fmt: skip
+    engine = Engine(settings)
+    try:
+        with pytest.raises(BadRequest, match="blocked term"):
+            engine.generate(Txt2Img(prompt=prompt, **FAST))
+    finally:
+        engine.close()
+
+
+def test_flagged_pictures_are_numbered_across_batches_and_required_keeps_no_original(tmp_path: Path) -> None:
+    build_checker(tmp_path / "models" / "safety-checker", RED)
+    for mode in ("on", "required"):
+        settings = EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / mode, safety_check=mode)
+        engine = Engine(settings)
+        try:
+            result = engine.generate(Txt2Img(prompt="a red circle", batch_count=2, **FAST))
+        finally:
+            engine.close()
+        flagged = [note for note in result.notes if "flagged" in note]
+        assert flagged == ["The safety check flagged pictures 1, 2 of 2: they are blurred."], result.notes
+        assert set(result.hidden) == ({0, 1} if mode == "on" else set())  # required: nobody may reveal it
+
+
+def test_training_refuses_a_blocked_sample_prompt_before_it_starts(tmp_path: Path) -> None:
+    from pipelines.lora.train import TrainSettings, prepare
+
+    (tmp_path / "terms.txt").write_text(TERMS, encoding="utf-8")
+    pictures = []
+    for index in range(2):
+        pictures.append(tmp_path / f"red circle {index}.png")
+        scenes.render(scenes.Scene("circle", "red", "centre", "big", "white")).save(pictures[-1])
+    settings = EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                              blocked_terms=tmp_path / "terms.txt")  # fmt: skip
+    engine = Engine(settings)
+    try:
+        with pytest.raises(BadRequest, match="sample prompt: the prompt contains a blocked term"):
+            prepare(engine, TrainSettings(name="grim", sample_prompts="a red circle\nGore, red"), pictures)
+    finally:
+        engine.close()
+    assert not (tmp_path / "models" / "Lora").exists()

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from gradio.utils import get_upload_folder
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from pipelines.engine import Engine
 from pipelines.errors import AtelierError, BadRequest
@@ -77,22 +78,25 @@ class LiveRoad:
             key = str(body.get("key", ""))
             if not KEY.fullmatch(key):
                 raise BadRequest("key must be 16-64 letters, digits, '-' or '_' (the page makes one)")
-            wanted = self._request(body)
-        except (AtelierError, PresetError) as exc:
+            # Off the event loop: the request's checks and a reference picture's decoding take time.
+            slot = self.sessions.slot(self.slot_key(user, key))
+            ticket = await run_in_threadpool(lambda: slot.submit(self._request(body)))
+        except PresetError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=422)
-        slot = self.sessions.slot(self.slot_key(user, key))
-        ticket = slot.submit(wanted)
+        except AtelierError as exc:  # a bad field, a blocked term (422); the server stopping (503)
+            return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
         try:  # shielded: a closed page leaves the frame to finish for the slot
             outcome = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(ticket.future)), FRAME_TIMEOUT_SECONDS)
         except (TimeoutError, asyncio.TimeoutError):
             return JSONResponse({"detail": "still waiting for the device"}, status_code=503)
         if outcome.error is not None:
-            return JSONResponse({"detail": str(outcome.error)}, status_code=422)
+            status = outcome.error.http_status if isinstance(outcome.error, AtelierError) else 500
+            return JSONResponse({"detail": str(outcome.error)}, status_code=status)
         if outcome.frame is None:  # superseded before it started: the newer request shows its own picture
             return Response(status_code=204)
         from .live_ui import readout
 
-        picture = _data_url(outcome.frame.image, self.engine.outputs.finish)
+        picture = await run_in_threadpool(_data_url, outcome.frame.image, self.engine.outputs.finish)
         return JSONResponse({"image": picture, "readout": readout(slot, outcome.frame)})
 
     def _request(self, body: dict[str, Any]) -> Any:
@@ -133,13 +137,19 @@ async def _user(request: Request) -> tuple[str | None, Response | None]:
 async def _body(request: Request) -> dict[str, Any]:
     if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
         raise BadRequest("send the fields as application/json")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(f"the request is {len(raw)} bytes; live frames take at most {MAX_BODY_BYTES}")
+    too_big = BadRequest(f"the request is larger than the {MAX_BODY_BYTES} bytes a live frame takes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_big
+    raw = bytearray()
+    async for part in request.stream():  # counted as it comes: a huge body is never held whole
+        raw += part
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_big
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from exc
+        body = json.loads(bytes(raw))
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not JSON: {type(exc).__name__}") from exc
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
@@ -164,8 +174,11 @@ def _uploaded(value: Any) -> Image.Image | None:
     file = Path(path).resolve()
     if not file.is_relative_to(folder) or not file.is_file():
         raise BadRequest("reference_image must be a picture uploaded to this page")
-    with Image.open(file) as picture:
-        return picture.convert("RGB")
+    try:
+        with Image.open(file) as picture:
+            return picture.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise BadRequest(f"reference_image is not a readable picture: {exc}") from exc
 
 
 def _data_url(image: Image.Image, finish: Finish) -> str:

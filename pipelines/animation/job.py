@@ -21,6 +21,7 @@ from PIL import Image
 from .. import infotext, samplers
 from ..errors import BadRequest
 from ..requests import Img2Img
+from ..standards import flagged_note
 from .clips import write_clip
 from .colour import ColourReference, match_colours
 from .motion import add_noise, combined, tween, warp
@@ -65,6 +66,7 @@ def run(
     folder, stem = engine.outputs.animation_folder(settings.seed)
     made: dict[int, Image.Image] = {}
     shown: dict[int, Image.Image] = {}
+    flagged: list[bool] = []  # by frame, when the safety check ran
     saved: list[Path] = []
     previous = 0
     for plan in plans:
@@ -85,11 +87,14 @@ def run(
             screened = engine.standards.screen([made[index]])
             shown[index] = screened.images[0]
             notes += [note for note in screened.notes if note not in notes]
+            flagged += screened.flagged
             saved.append(engine.outputs.save_frame(shown[index], text, fields, folder, index))
             job.step, job.preview = index + 1, shown[index]
             if on_frame is not None:
                 on_frame(index + 1, len(plans), shown[index])
         previous = plan.index
+    if note := flagged_note(flagged):
+        notes.append(note.replace("picture", "frame"))
     frames = [shown[index] for index in range(len(saved))]
     job.images, job.paths = frames, saved
     clip_path = folder.parent / f"{stem}.{settings.clip_format}"

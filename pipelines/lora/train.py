@@ -205,6 +205,10 @@ def prepare(engine: Engine, settings: TrainSettings, files: list[Path]) -> tuple
     resolution = settings.resolution or engine.native_size(model)
     everything = [*folder_files(settings.folder), *(Path(path) for path in files)]
     data = collect(everything, settings.captions, settings.trigger_word, min_side=max(16, resolution // 2))
+    samples = [line for line in settings.sample_prompts.splitlines() if line.strip()] or data.captions[:1]
+    check = engine.limits.prompt_problem  # the owner's blocked terms hold for sample pictures too
+    if check and (problems := [f"sample prompt: {problem}" for problem in map(check, samples) if problem]):
+        raise BadRequest(problems)
     target = lora_path(engine, settings.name)
     if target.exists() and not settings.overwrite:
         raise BadRequest(
@@ -557,6 +561,7 @@ class _Trainer:
                 ).images[0]  # fmt: skip
                 if self.job.interrupted:
                     return  # a half-drawn picture is nobody's sample
+                image = self.engine.standards.screen([image]).images[0]  # safety check, watermark
                 self.progress.samples.append(Sample(step, prompt, image))
                 self.job.preview = image
                 self.job.images.append(image)

@@ -30,6 +30,8 @@ from . import xmp
 from .blocked import BlockedTerms
 from .safety import FOLDER_NAME, SafetyChecker, SafetyMode, effective, flagged_note
 
+__all__ = ["Screened", "Standards", "flagged_note", "model_text", "standards_for"]
+
 if TYPE_CHECKING:
     from ..settings import EngineSettings
 
@@ -48,6 +50,7 @@ class Screened:
     images: list[Image.Image]
     notes: list[str] = field(default_factory=list)
     originals: dict[int, Image.Image] = field(default_factory=dict)
+    flagged: list[bool] = field(default_factory=list)  # by place in the batch; empty: not checked
 
 
 class Standards:
@@ -89,11 +92,14 @@ class Standards:
             raise SafetyUnavailable(self._missing_model())
 
     def prompt_problem(self, prompt: str) -> str | None:
-        """The blocked term in ``prompt`` as a request's problem (``Limits.prompt_problem``), or None."""
-        try:
-            self.blocked.check(prompt)
-        except BadRequest as exc:
-            return "; ".join(exc.problems)
+        """The blocked term in ``prompt`` as a request's problem (``Limits.prompt_problem``), or None.
+        Checked as written and as the model reads it: tags taken out and brackets resolved join what
+        they split (``go<lora:x:0>re`` and ``(go)(re)`` read "gore")."""
+        for text in (prompt, model_text(prompt)):
+            try:
+                self.blocked.check(text)
+            except BadRequest as exc:
+                return "; ".join(exc.problems)
         return None
 
     def _missing_model(self) -> str:
@@ -137,10 +143,11 @@ class Standards:
                 screened.notes.append("the safety check is on but its model is missing: pictures were not checked")
             else:
                 result = checker.screen(screened.images)
-                screened.images, screened.originals = list(result.images), dict(result.originals)
-                if note := flagged_note(list(result.flagged)):
-                    screened.notes.append(note)
-                    log.warning("safety check: %s", note)
+                screened.images = list(result.images)
+                # The caller says which of its pictures were flagged (a batch is one part of a request).
+                screened.flagged = [bool(flag) for flag in result.flagged]
+                if self.safety_mode is not SafetyMode.REQUIRED:  # required: nobody sees the original
+                    screened.originals = dict(result.originals)
         if self.watermark is not None:
             for index, image in enumerate(screened.images):
                 screened.images[index], small = self.watermark.apply(image)
@@ -168,6 +175,17 @@ class Standards:
             f"blocked terms: {len(self.blocked)}",
         ]
         return lines
+
+
+def model_text(prompt: str) -> str:
+    """``prompt`` as the text encoder reads it: LoRA and ``{image:...}`` tags out, weights and
+    brackets resolved, the pieces joined (BREAK kept as a word)."""
+    from ..guidance.sources import split_image_tags
+    from ..lora.tags import without_tags
+    from ..prompts.weights import BREAK, parse_weights
+
+    pieces = parse_weights(split_image_tags(without_tags(prompt))[0])
+    return "".join(" BREAK " if piece == BREAK else piece[0] for piece in pieces)
 
 
 def standards_for(settings: EngineSettings) -> Standards:
