@@ -59,6 +59,13 @@ def _b64(data: str) -> bytes:
     return base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data)
 
 
+def _engine_with_terms(tmp_path: Path) -> Engine:
+    """An engine on folders under ``tmp_path`` whose owner blocks ``TERMS``."""
+    (tmp_path / "terms.txt").write_text(TERMS, encoding="utf-8")
+    return Engine(EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
+                                 blocked_terms=tmp_path / "terms.txt"))  # fmt: skip
+
+
 def _no_progress(*args: Any, **kwargs: Any) -> None:
     """Stands in for gr.Progress outside a running server."""
 
@@ -170,10 +177,7 @@ def test_gradio_endpoints_and_scripts_refuse_a_blocked_prompt(server: tuple[str,
 
 
 def test_the_engine_refuses_every_keyframe_plot_cell_and_list_line(tmp_path: Path) -> None:
-    (tmp_path / "terms.txt").write_text(TERMS, encoding="utf-8")
-    settings = EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
-                              blocked_terms=tmp_path / "terms.txt")  # fmt: skip
-    engine = Engine(settings)
+    engine = _engine_with_terms(tmp_path)
     try:
         with pytest.raises(BadRequest, match="keyframe 4: the prompt contains a blocked term"):
             engine.animate(AnimationSettings(prompts=json.dumps({"0": "a red circle", "4": "gore"}), max_frames=6))
@@ -340,10 +344,7 @@ def test_no_preview_shows_a_picture_before_the_safety_check_saw_it(tmp_path: Pat
     "prompt", ["(go)(re) at noon", "[go][re]", "go<lora:any:0>re", "go{image:pic}re", "blood BREAK bath"]
 )
 def test_words_joined_by_syntax_are_read_as_the_model_reads_them(tmp_path: Path, prompt: str) -> None:
-    (tmp_path / "terms.txt").write_text(TERMS, encoding="utf-8")
-    settings = EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
-                              blocked_terms=tmp_path / "terms.txt")  # fmt: skip
-    engine = Engine(settings)
+    engine = _engine_with_terms(tmp_path)
     try:
         with pytest.raises(BadRequest, match="blocked term"):
             engine.generate(Txt2Img(prompt=prompt, **FAST))
@@ -368,14 +369,11 @@ def test_flagged_pictures_are_numbered_across_batches_and_required_keeps_no_orig
 def test_training_refuses_a_blocked_sample_prompt_before_it_starts(tmp_path: Path) -> None:
     from pipelines.lora.train import TrainSettings, prepare
 
-    (tmp_path / "terms.txt").write_text(TERMS, encoding="utf-8")
     pictures = []
     for index in range(2):
         pictures.append(tmp_path / f"red circle {index}.png")
         scenes.render(scenes.Scene("circle", "red", "centre", "big", "white")).save(pictures[-1])
-    settings = EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs",
-                              blocked_terms=tmp_path / "terms.txt")  # fmt: skip
-    engine = Engine(settings)
+    engine = _engine_with_terms(tmp_path)
     try:
         with pytest.raises(BadRequest, match="sample prompt: the prompt contains a blocked term"):
             prepare(engine, TrainSettings(name="grim", sample_prompts="a red circle\nGore, red"), pictures)
