@@ -143,6 +143,17 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def set_slider(page: Any, elem_id: str, value: float) -> None:
+    """Types ``value`` into a slider's number box as a user would, and lets the page take it in.
+
+    The box shows the number at once, but Gradio reads a widget's value for an event a frame later; on
+    a busy CPU a click straight after the typing sent the old value (CI saw Extend canvas get 0)."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
 @pytest.fixture(scope="module")
 def studio_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Atelier server of the module's own (fresh folders), for browser tests: its URL."""

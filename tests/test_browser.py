@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import serve_studio, shot
+from conftest import serve_studio, set_slider, shot
 from PIL import Image
 
 from pipelines import scenes
@@ -120,8 +120,7 @@ def test_picking_a_few_step_sampler_brings_the_cfg_and_steps_it_needs(page: Any)
 def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, studio_url: str) -> None:
     page.get_by_label("Prompt", exact=True).first.fill("a quiet harbour")
     page.locator("#txt2img-seed input").fill("1234")
-    page.locator("#txt2img-steps input[type=number]").fill("33")
-    page.locator("#txt2img-steps input[type=number]").press("Enter")
+    set_slider(page, "txt2img-steps", 33)
     page.locator("#txt2img-presets").get_by_text("Styles and negative presets").click()
     page.locator("#txt2img-styles input").click()
     page.get_by_role("option", name="Watercolor").click()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import shot
+from conftest import set_slider, shot
 from PIL import Image
 
 BLUE = (30, 60, 200)
@@ -54,8 +54,7 @@ def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_pa
     before = _canvas_extent(page)
 
     page.locator("#inpaint-outpaint").get_by_text("Outpainting (extend the canvas)").click()
-    _slider(page, "inpaint-outpaint-right").fill("64")
-    _slider(page, "inpaint-outpaint-right").press("Enter")
+    set_slider(page, "inpaint-outpaint-right", 64)
     page.locator("#inpaint-extend-canvas").click()
     page.locator("#inpaint-outpaint-note").get_by_text("Canvas now 128×64").wait_for(timeout=15_000)
     page.wait_for_timeout(1500)  # the editor redraws its canvas after the value arrives
@@ -66,8 +65,7 @@ def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_pa
     assert after[0] / after[1] == pytest.approx(2 * before[0] / before[1], rel=0.1), (before, after)
 
     page.locator("#inpaint-seed input").fill("3")
-    _slider(page, "inpaint-steps").fill("8")
-    _slider(page, "inpaint-steps").press("Enter")
+    set_slider(page, "inpaint-steps", 8)
     page.locator("#inpaint-generate").click()
     page.locator("#inpaint-status").get_by_text("Done in").wait_for(timeout=60_000)
     shot(page, "outpaint-02-result")

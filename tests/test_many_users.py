@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import free_port, set_slider
 from PIL import Image
 
 import launch
@@ -145,17 +145,9 @@ def _ask(page: Any, prompt: str, *, seed: int, steps: int, size: int, batch_size
     """Fill the text-to-image form as a user would."""
     page.locator("#txt2img-prompt textarea").fill(prompt)
     page.locator("#txt2img-seed input").fill(str(seed))
-    sliders = {
-        "#txt2img-steps input[type=number]": steps,
-        "#txt2img-width input[type=number]": size,
-        "#txt2img-height input[type=number]": size,
-    }
-    for selector, value in sliders.items():
-        page.locator(selector).fill(str(value))
-        page.locator(selector).press("Enter")
-    batch = page.get_by_label("number input for Batch size").first
-    batch.fill(str(batch_size))
-    batch.press("Enter")
+    sliders = {"txt2img-steps": steps, "txt2img-width": size, "txt2img-height": size, "txt2img-batch-size": batch_size}
+    for elem_id, value in sliders.items():
+        set_slider(page, elem_id, value)
 
 
 def _wait_status(page: Any, text: str | re.Pattern[str], timeout_ms: int = JOB_TIMEOUT_MS) -> str:

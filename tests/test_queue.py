@@ -370,6 +370,7 @@ def test_a_long_prompt_is_read_whole_and_kept_verbatim(server: Server) -> None:
     head = _picture(_txt2img(server, " ".join(WORDS[:75])))
     assert np.abs(np.asarray(_picture(whole), np.int16) - np.asarray(head, np.int16)).mean() > 0.5
 
+
 # -- 6. an interrupted REST job -----------------------------------------------------------------------
 def test_an_interrupted_rest_job_answers_409_and_saves_nothing(server: Server) -> None:
     before = _files(server.outputs)

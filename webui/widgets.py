@@ -98,8 +98,8 @@ def build_sampling_controls(native_size: int, mode: str) -> dict[str, gr.compone
         width = gr.Slider(64, 2048, value=native_size, step=8, label="Width", elem_id=f"{mode}-width")
         height = gr.Slider(64, 2048, value=native_size, step=8, label="Height", elem_id=f"{mode}-height")
     with gr.Row():
-        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count")
-        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{mode}-batch-count")
+        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{mode}-batch-size")
     return {
         "sampler_name": sampler,
         "schedule_type": schedule,
