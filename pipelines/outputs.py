@@ -236,12 +236,21 @@ def _write_image(file: Any, image: Image.Image, image_format: str, infotext: str
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", infotext)
         info.add_text("atelier", json.dumps(fields, ensure_ascii=False, default=str))
-        image.save(file, format="PNG", pnginfo=info)
+        write_png(file, image, info)
         return
     exif = Image.Exif()
     # A1111 and its readers keep the infotext in EXIF UserComment, UTF-16 with a "UNICODE" header.
     exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\0" + infotext.encode("utf-16-be")
     image.convert("RGB").save(file, format=FORMATS[image_format], exif=exif.tobytes(), quality=95)
+
+
+def write_png(
+    file: Any, image: Image.Image, info: PngImagePlugin.PngInfo | None = None, compress_level: int = 6
+) -> None:
+    """PIL keeps a save's options on the picture while it writes (``encoderinfo``), and options left
+    there by another thread's save of the same picture win over this one's: a live frame kept while
+    the page encoded it was written without its infotext. So every save writes from its own copy."""
+    image.copy().save(file, format="PNG", pnginfo=info, compress_level=compress_level)
 
 
 def first_frame(clip: Path) -> Path | None:

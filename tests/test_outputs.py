@@ -65,6 +65,9 @@ class _Broken:
     def convert(self, mode: str) -> _Broken:
         return self
 
+    def copy(self) -> _Broken:
+        return self
+
 
 # -- save: place, name, metadata, pixels ------------------------------------------------------
 
@@ -106,6 +109,17 @@ def test_png_with_non_latin_prompt_round_trips(tmp_path: Path) -> None:
     assert total == 1
     assert items[0].path == path
     assert items[0].prompt == "猫 café, ¿qué? — «ёж» 🦊"
+
+
+def test_a_picture_another_thread_is_saving_keeps_its_own_infotext(tmp_path: Path) -> None:
+    # PIL keeps a save's options on the picture while it writes, and they win over the next save's: a
+    # live frame kept while the page encoded it (no infotext, fast) lost its parameters.
+    picture = _noise()
+    picture.encoderinfo = {"pnginfo": PngImagePlugin.PngInfo(), "compress_level": 1}  # a save under way
+    path = OutputStore(tmp_path).save(picture, _infotext("a kept frame"), {"prompt": "a kept frame"}, seed=4)
+    metadata = read_metadata(path)
+    assert metadata["parameters"] == _infotext("a kept frame")
+    assert metadata["atelier"] == {"prompt": "a kept frame"}
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from PIL import Image, PngImagePlugin
 from pipelines import infotext, samplers
 from pipelines.engine import Engine, Job, Result
 from pipelines.errors import AtelierError, BadRequest, QueueFull
-from pipelines.outputs import UNREADABLE, Finish, image_metadata
+from pipelines.outputs import UNREADABLE, Finish, image_metadata, write_png
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
 from pipelines.xyz.job import from_a1111_script, submit_plot
 from presets.store import PresetError, PresetLibrary
@@ -114,7 +114,7 @@ def encode_png(
     if fields is not None:
         info.add_text("atelier", json.dumps(fields, ensure_ascii=False, default=str))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    write_png(buffer, image, info)
     data = buffer.getvalue()
     return base64.b64encode(finish(data) if finish is not None else data).decode()
 
