@@ -16,6 +16,7 @@ from conftest import serve_studio, shot
 from PIL import Image
 
 from pipelines import scenes
+from pipelines.standards import xmp
 
 SAMPLES = "#train-samples img"
 
@@ -80,6 +81,7 @@ def test_upload_train_and_watch_the_loss_and_the_samples(
         source = page.locator(SAMPLES).first.get_attribute("src")
         response = page.request.get(source)
         assert response.ok
+        assert xmp.is_ai_marked(response.body())  # a sample is a file from the server like any other
         sample = np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
         assert sample.shape == (64, 64, 3) and sample.std() > 5  # a picture, not a blank
         result = page.locator("#train-result").inner_text()

@@ -26,12 +26,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port, set_slider
+from conftest import ARTIFACTS, free_port, set_slider, shot
 from PIL import Image
 
 import launch
+from pipelines.standards import xmp
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 GENERATE, STOP = "#txt2img-generate", "#txt2img-stop"
 STATUS = "#txt2img-status [data-testid=markdown]"  # the job's own text, not Gradio's progress overlay
 INFOTEXT = "#txt2img-infotext textarea"
@@ -165,13 +165,18 @@ def _history(page: Any) -> list[tuple[float, str]]:
 
 def _fetch_image(page: Any) -> Image.Image:
     """The one picture in the page's results, as the browser would load it."""
+    return Image.open(io.BytesIO(_fetch_bytes(page))).convert("RGB")
+
+
+def _fetch_bytes(page: Any) -> bytes:
+    """The file of the one picture in the page's results."""
     from playwright.sync_api import expect
 
     expect(page.locator(RESULT_IMAGE), "the results should show one image").to_have_count(1, timeout=30_000)
     source = page.locator(RESULT_IMAGE).first.get_attribute("src")
     response = page.request.get(source)
     assert response.ok, f"{source}: HTTP {response.status}"
-    return Image.open(io.BytesIO(response.body())).convert("RGB")
+    return bytes(response.body())
 
 
 def _trigger_id(page: Any, selector: str) -> int:
@@ -209,8 +214,7 @@ def _progress(server: Server) -> dict[str, Any]:
 
 
 def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"many-users-{name}.png"), full_page=True)
+    shot(page, f"many-users-{name}")
 
 
 def test_two_users_at_once_each_get_their_own_result(open_page: Callable[[str], Any], server: Server) -> None:
@@ -350,7 +354,9 @@ def test_an_image_that_could_not_be_saved_is_shown_with_a_note(
     status = _wait_status(page, "Done in")
     _shot(page, "05-not-saved")
     assert re.search(r"image with seed 4242 was not saved", status), status
-    assert _fetch_image(page).size == (64, 64), "the image must still be shown"
+    shown = _fetch_bytes(page)
+    assert Image.open(io.BytesIO(shown)).size == (64, 64), "the image must still be shown"
+    assert xmp.is_ai_marked(shown), "a picture kept from a failed save leaves the server marked all the same"
     assert cramped.outputs.parent.is_file(), "the blocker file should still be there, not replaced by a folder"
 
 

@@ -123,6 +123,31 @@ def test_rest_gradio_live_and_gallery_answers_carry_the_mark(server: tuple[str, 
         client.close()
 
 
+def test_previews_and_unsaved_pictures_in_the_page_carry_the_mark(tmp_path: Path) -> None:
+    # Pictures that are no saved file (progress previews, pictures a failed save left in hand) reach
+    # the page as files all the same: Gradio writes what a handler gives it to its cache.
+    (tmp_path / "blocker").write_text("a file where the outputs folder should be", encoding="utf-8")
+    engine = Engine(EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "blocker" / "outputs"))
+    studio = build_studio(engine, SettingsStore(tmp_path / "data"), PresetLibrary(tmp_path / "data"))
+    try:
+        widgets = studio.tabs["txt2img"]
+        data = {widget: widget.value for widget in widgets.fields.values()}
+        data |= {widgets.presets.styles: [], widgets.presets.negatives: [], studio.top.model: ""}
+        asked = {"prompt": "a red circle", **FAST, "steps": 40}  # long enough for the page to show previews
+        data |= {widgets.fields[name]: value for name, value in asked.items()}
+        updates = list(studio.handlers["txt2img"](data, gr.Request(session_hash="s"), _no_progress))
+    finally:
+        engine.close()
+    galleries = [update[widgets.results] for update in updates if widgets.results in update]
+    assert len(galleries) >= 2, "a preview and the finished picture"
+    assert "was not saved" in updates[-1][widgets.status]
+    shown = [Path(path) for gallery in galleries for path in gallery]
+    assert shown and all(isinstance(path, Path) and xmp.is_ai_marked(path.read_bytes()) for path in shown)
+    final = Image.open(galleries[-1][0])
+    assert "a red circle" in final.info["parameters"]  # the unsaved picture keeps its parameters
+    assert scenes.analyse(final.convert("RGB")).colour == "red"
+
+
 def test_animation_frames_clips_and_datasets_carry_the_mark(tmp_path: Path) -> None:
     engine = Engine(EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs"))
     try:
@@ -273,8 +298,9 @@ def test_the_page_can_reveal_a_flagged_picture_to_its_maker(tmp_path: Path) -> N
         handler = next(fn.fn for fn in reveal.values() if getattr(fn.fn, "__name__", "") == "reveal")
         html = handler(last[widgets.session], 0)
         assert "data:image/png;base64," in html and _files(tmp_path) == files_before
-        original = Image.open(io.BytesIO(_b64(html.split('src="')[1].split('"')[0]))).convert("RGB")
-        assert scenes.analyse(original).colour == "red"
+        revealed = _b64(html.split('src="')[1].split('"')[0])
+        assert xmp.is_ai_marked(revealed)  # "save image as" on it makes a file: it carries the mark
+        assert scenes.analyse(Image.open(io.BytesIO(revealed)).convert("RGB")).colour == "red"
     finally:
         engine.close()
 

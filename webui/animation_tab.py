@@ -29,6 +29,7 @@ from pipelines.errors import AtelierError
 from presets.store import PresetError, PresetLibrary, SavedSettings
 
 from .endpoints import GPU_WAITERS
+from .shown import ShownFiles
 from .state import JobBoard
 
 log = logging.getLogger(__name__)
@@ -235,12 +236,13 @@ def _stream(
 
     worker = threading.Thread(target=work, name=f"animation-{job.id[:8]}", daemon=True)
     worker.start()
-    shown = -1
+    shown, files = -1, ShownFiles(engine.outputs.finish, "frame")
     while worker.is_alive():
         worker.join(POLL_SECONDS)
         if job.state == "running" and job.step != shown:
             shown = job.step
-            yield f"Frame {job.step}/{job.total} · {time.perf_counter() - job.started:.1f}s", job.preview, gr.skip()
+            latest = files.one(job.preview) if job.preview is not None else None
+            yield f"Frame {job.step}/{job.total} · {time.perf_counter() - job.started:.1f}s", latest, gr.skip()
         elif job.state == "queued":
             yield "Waiting for the GPU…", gr.skip(), gr.skip()
     error = outcome.get("error")

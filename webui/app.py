@@ -166,7 +166,7 @@ def build_studio(engine: Engine, settings: SettingsStore, library: PresetLibrary
         }
         for widgets in generation_tabs.values():
             _wire_results(engine, widgets, img2img, inpaint, tabs)
-            wire_reveal(widgets)
+            wire_reveal(engine, widgets)
         wire_xyz(engine, library, jobs, txt2img, xyz, top.model)
         wire_batch(engine, library, jobs, txt2img, batch, top.model)
         refresh_pickers, pickers = _wire_presets(library, generation_tabs, presets_tab, top.model)

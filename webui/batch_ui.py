@@ -37,6 +37,7 @@ from presets.store import PresetError, PresetLibrary
 
 from .endpoints import GPU_WAITERS
 from .generation import request_from
+from .shown import ShownFiles
 from .state import JobBoard
 from .widgets import GenerationWidgets
 
@@ -155,7 +156,7 @@ def _stream(
     progress: gr.Progress,
 ) -> Iterator[dict[Any, Any]]:  # fmt: skip
     """The job's overall progress (picture k of n, and the steps of the one being drawn) until it ends."""
-    shown, started = -1, 0.0
+    shown, started, files = -1, 0.0, ShownFiles(engine.outputs.finish)
     while not future.done():
         wait([future], timeout=POLL_SECONDS)
         if job.state == "queued" and not started:
@@ -167,7 +168,7 @@ def _stream(
         update: dict[Any, Any] = {widgets.status: _status(job, tracker, time.perf_counter() - started)}
         if done != shown:  # unchanged pictures are not sent again: each send re-encodes them
             shown = done
-            update |= _pictures_update(list(tracker.pictures), widgets)
+            update |= _pictures_update(list(tracker.pictures), widgets, files)
         yield update
     error = future.exception()
     if isinstance(error, AtelierError):
@@ -176,10 +177,10 @@ def _stream(
         log.error("prompt list failed", exc_info=error)
         raise gr.Error(f"The list failed ({type(error).__name__}: {error}). Details are in the server log.")
     result = future.result()
-    yield _pictures_update(result.pictures, widgets) | {widgets.status: _summary(result)}
+    yield _pictures_update(result.pictures, widgets, files) | {widgets.status: _summary(result)}
 
 
-def _pictures_update(pictures: list[Picture], widgets: GenerationWidgets) -> dict[Any, Any]:
+def _pictures_update(pictures: list[Picture], widgets: GenerationWidgets, files: ShownFiles) -> dict[Any, Any]:
     """The newest pictures in the results gallery, and the tab's result entries that match them (so
     selecting, reusing a seed and "reuse all parameters" work on a list's pictures too)."""
     pictures = pictures[-MAX_SHOWN:]
@@ -187,7 +188,7 @@ def _pictures_update(pictures: list[Picture], widgets: GenerationWidgets) -> dic
         {"path": str(p.path) if p.path else None, "seed": p.seed, "infotext": p.infotext, "fields": p.fields}
         for p in pictures
     ]
-    shown = [str(p.path) if p.path else p.image for p in pictures]
+    shown = [str(p.path) if p.path else files.one(p.image, p.infotext) for p in pictures]
     return {
         widgets.results: shown, widgets.session: entries, widgets.selected: 0,
         widgets.infotext: pictures[0].infotext if pictures else "",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import logging
 import threading
 import time
@@ -22,6 +20,7 @@ from presets.store import PresetError, PresetLibrary
 
 from .endpoints import GPU_WAITERS
 from .outpaint_ui import build_outpaint_controls, wire_outpaint
+from .shown import ShownFiles, data_url
 from .state import JobBoard
 from .widgets import GenerationWidgets, build_generation_widgets, grid_size
 
@@ -226,6 +225,7 @@ def _stream(
     started = time.perf_counter()
     worker.start()
     shown_key: tuple[int, int] = (0, 0)
+    shown = ShownFiles(engine.outputs.finish, "preview")
     while worker.is_alive():
         worker.join(POLL_SECONDS)
         if job.state == "running" and job.total:
@@ -234,13 +234,13 @@ def _stream(
             key = (len(job.images), id(job.preview))
             if key != shown_key:  # unchanged pictures are not sent again: each send re-encodes them
                 shown_key = key
-                update[widgets.results] = [*_finished_images(job), *([job.preview] if job.preview else [])]
+                update[widgets.results] = shown([*_finished_images(job), *([job.preview] if job.preview else [])])
             yield update
         elif job.state == "queued":  # after its last step a job says nothing new until it returns
             yield {widgets.status: _waiting_text(engine, job)}
     error = outcome.get("error")
     if isinstance(error, Interrupted):
-        kept = _finished_images(job)
+        kept = shown(_finished_images(job))
         note = f"kept the {len(kept)} finished image(s)" if kept else "nothing was kept"
         yield {widgets.results: kept, widgets.status: f"Stopped at step {job.step} of {job.total}; {note}."}
         return
@@ -249,7 +249,7 @@ def _stream(
     if error is not None:
         log.error("generation failed", exc_info=error)
         raise gr.Error(f"Generation failed ({type(error).__name__}: {error}). Details are in the server log.")
-    yield _finished(outcome["result"], widgets, time.perf_counter() - started)
+    yield _finished(outcome["result"], widgets, time.perf_counter() - started, shown)
 
 
 def _waiting_text(engine: Engine, job: Job) -> str:
@@ -262,7 +262,8 @@ def _waiting_text(engine: Engine, job: Job) -> str:
 
 
 def _finished_images(job: Job) -> list[Any]:
-    """Finished pictures: their saved files when every one was saved, else the images themselves."""
+    """Finished pictures: their saved files when every one was saved, else the images themselves (a
+    full disk must not cost the pictures in hand)."""
     return [str(path) for path in job.paths] if len(job.paths) == len(job.images) else list(job.images)
 
 
@@ -274,8 +275,9 @@ def _status(job: Job) -> str:
     return f"Step {job.step}/{job.total} · {elapsed:.1f}s · about {eta:.0f}s left"
 
 
-def _finished(result: Result, widgets: GenerationWidgets, seconds: float) -> dict[Any, Any]:
-    shown = [str(p) for p in result.paths] if len(result.paths) == len(result.images) else result.images
+def _finished(result: Result, widgets: GenerationWidgets, seconds: float, shown: ShownFiles) -> dict[Any, Any]:
+    saved = len(result.paths) == len(result.images)
+    pictures = shown([str(p) for p in result.paths]) if saved else shown(result.images, result.infotexts)
     paths = result.paths if len(result.paths) == len(result.seeds) else [None] * len(result.seeds)
     entries = [
         {
@@ -290,13 +292,13 @@ def _finished(result: Result, widgets: GenerationWidgets, seconds: float) -> dic
     notes = "\n\n" + "\n".join(f"- {note}" for note in result.notes) if result.notes else ""
     status = f"Done in {seconds:.1f}s · seeds {', '.join(map(str, result.seeds))}{notes}"
     return {
-        widgets.results: shown, widgets.infotext: result.infotexts[0] if result.infotexts else "",
+        widgets.results: pictures, widgets.infotext: result.infotexts[0] if result.infotexts else "",
         widgets.status: status, widgets.session: entries, widgets.selected: 0,
         widgets.reveal: gr.Button(visible=bool(result.hidden)), widgets.revealed: "",
     }  # fmt: skip
 
 
-def wire_reveal(widgets: GenerationWidgets) -> None:
+def wire_reveal(engine: Engine, widgets: GenerationWidgets) -> None:
     """The person who generated a flagged picture may look at it: shown inline in their page only."""
 
     def reveal(entries: list[dict[str, Any]], selected: int) -> str:
@@ -305,9 +307,7 @@ def wire_reveal(widgets: GenerationWidgets) -> None:
         if hidden is None:
             flagged = [index + 1 for index, entry in enumerate(entries or []) if entry.get("hidden") is not None]
             return f"The selected picture was not flagged. Flagged: picture {', '.join(map(str, flagged)) or 'none'}."
-        buffer = io.BytesIO()
-        hidden.save(buffer, format="PNG")
-        source = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        source = data_url(hidden, engine.outputs.finish)
         return (f'<p>The flagged picture as it was made, shown here only (the saved file and the gallery keep '
                 f'the blurred one):</p><img src="{source}" style="max-width:100%" alt="flagged picture">')  # fmt: skip
 

@@ -15,8 +15,7 @@ and the HTTP guard's Host and Origin checks run before it, as for every request.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
+import functools
 import json
 import logging
 import re
@@ -32,8 +31,9 @@ from starlette.concurrency import run_in_threadpool
 from pipelines.engine import Engine
 from pipelines.errors import AtelierError, BadRequest
 from pipelines.live import LiveSessions
-from pipelines.outputs import Finish
 from presets.store import PresetError, PresetLibrary
+
+from .shown import data_url
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,10 @@ class LiveRoad:
             return Response(status_code=204)
         from .live_ui import readout
 
-        picture = await run_in_threadpool(_data_url, outcome.frame.image, self.engine.outputs.finish)
+        # The fastest PNG: a live frame is shown once and replaced; Keep saves the full-quality file.
+        picture = await run_in_threadpool(
+            functools.partial(data_url, outcome.frame.image, self.engine.outputs.finish, compress_level=1)
+        )
         return JSONResponse({"image": picture, "readout": readout(slot, outcome.frame)})
 
     def _request(self, body: dict[str, Any]) -> Any:
@@ -179,14 +182,6 @@ def _uploaded(value: Any) -> Image.Image | None:
             return picture.convert("RGB")
     except (OSError, Image.DecompressionBombError) as exc:
         raise BadRequest(f"reference_image is not a readable picture: {exc}") from exc
-
-
-def _data_url(image: Image.Image, finish: Finish) -> str:
-    # The fastest PNG: a live frame is shown once and replaced; Keep saves the full-quality file. It
-    # carries the marks all the same: a browser's "save image" makes a file of it.
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(finish(buffer.getvalue())).decode("ascii")
 
 
 def page_script(road_fields: list[str], image_id: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import io
 import logging
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from .api import decode_image, encode_png
 from .endpoints import GPU_WAITERS
 from .generation import _editor_images, request_from
 from .live_route import KEEP_SCRIPT, LiveRoad, frame_html, page_script
+from .shown import shown_file
 from .state import JobBoard
 from .widgets import GenerationWidgets
 
@@ -191,7 +193,10 @@ def _wire_frames(
             return {readout_box: f"Live paused: {outcome.error}"}
         if outcome.frame is None:  # superseded: the newer change shows its own picture
             return unchanged
-        return {controls.image: outcome.frame.image, readout_box: readout(slot, outcome.frame)}
+        # A file with the marks, written quickly: a live frame is shown once and replaced.
+        made, finish = outcome.frame, engine.outputs.finish
+        write = functools.partial(shown_file, made.image, finish, "live", made.infotext, compress_level=1)
+        return {controls.image: await asyncio.to_thread(write), readout_box: readout(slot, made)}
 
     gr.on(
         triggers, frame, inputs={model_picker, controls.toggle, controls.steps, *presets, *watched},

@@ -27,6 +27,7 @@ from pipelines.lora import train
 from pipelines.lora.train import TrainProgress, TrainResult, TrainSettings
 
 from .endpoints import GPU_WAITERS
+from .shown import ShownFiles
 from .state import JobBoard
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def _wire_run(engine: Engine, jobs: JobBoard, widgets: TrainWidgets) -> None:
             jobs.finish(session, job, TRAIN_JOBS)
             raise gr.Error(str(exc)) from exc
         try:
-            yield from _stream(future, job, progress)
+            yield from _stream(future, job, progress, ShownFiles(engine.outputs.finish, "sample"))
             size = _size_text(engine, values["model"], values["rank"], values["train_text_encoder"], values["name"],
                               values["overwrite"], just_trained=True)  # fmt: skip
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), size
@@ -265,7 +266,7 @@ def _wire_run(engine: Engine, jobs: JobBoard, widgets: TrainWidgets) -> None:
     widgets.stop.click(stop, None, None, queue=False)
 
 
-def _stream(future: Future[TrainResult], job: Job, progress: TrainProgress) -> Any:
+def _stream(future: Future[TrainResult], job: Job, progress: TrainProgress, files: ShownFiles) -> Any:
     shown_samples, shown_step = -1, -1
     while not future.done():
         time.sleep(POLL_SECONDS)
@@ -275,7 +276,7 @@ def _stream(future: Future[TrainResult], job: Job, progress: TrainProgress) -> A
         step, count = progress.step, len(progress.samples)
         if step == shown_step and count == shown_samples:
             continue
-        gallery = _gallery(progress) if count != shown_samples else gr.skip()
+        gallery = _gallery(progress, files) if count != shown_samples else gr.skip()
         shown_step, shown_samples = step, count
         yield _status(progress), _plot(list(progress.losses)), gallery, gr.skip(), gr.skip()
     try:
@@ -285,7 +286,7 @@ def _stream(future: Future[TrainResult], job: Job, progress: TrainProgress) -> A
     except Exception as exc:
         log.error("LoRA training failed", exc_info=exc)
         raise gr.Error(f"Training failed ({type(exc).__name__}: {exc}). Details are in the server log.") from exc
-    yield _status(progress, result), _plot(result.losses), _gallery(progress), _summary(result), gr.skip()
+    yield _status(progress, result), _plot(result.losses), _gallery(progress, files), _summary(result), gr.skip()
 
 
 def _plot(losses: list[float]) -> pd.DataFrame | None:
@@ -294,8 +295,8 @@ def _plot(losses: list[float]) -> pd.DataFrame | None:
     return loss_table(losses) if losses else None
 
 
-def _gallery(progress: TrainProgress) -> list[tuple[Any, str]]:
-    return [(sample.image, f"step {sample.step}: {sample.prompt}") for sample in list(progress.samples)]
+def _gallery(progress: TrainProgress, files: ShownFiles) -> list[tuple[str, str]]:
+    return [(files.one(sample.image), f"step {sample.step}: {sample.prompt}") for sample in list(progress.samples)]
 
 
 def _status(progress: TrainProgress, result: TrainResult | None = None) -> str:

@@ -27,6 +27,7 @@ from presets.store import PresetError, PresetLibrary
 from .api import encode_png
 from .endpoints import GPU_WAITERS
 from .generation import tab_request
+from .shown import ShownFiles
 from .state import JobBoard
 from .widgets import GenerationWidgets
 
@@ -136,7 +137,7 @@ def _stream(engine: Engine, job: Job, settings: PlotSettings, widgets: Generatio
         future: Future[Any] = submit_plot(engine, settings, job, watch)
     except AtelierError as exc:  # a bad value: refused before anything ran
         raise gr.Error(str(exc)) from exc
-    shown = -1
+    shown, files = -1, ShownFiles(engine.outputs.finish)
     while not future.done():
         wait([future], timeout=POLL_SECONDS)
         update: dict[Any, Any] = {}
@@ -148,7 +149,7 @@ def _stream(engine: Engine, job: Job, settings: PlotSettings, widgets: Generatio
                 f"{time.perf_counter() - started:.1f}s"  # fmt: skip
         if watch.done != shown:
             shown = watch.done
-            update[widgets.results] = [_shown(cell) for cell in watch.cells]
+            update[widgets.results] = [_shown(cell, files) for cell in watch.cells]
         if update:
             yield update
     try:
@@ -158,7 +159,7 @@ def _stream(engine: Engine, job: Job, settings: PlotSettings, widgets: Generatio
     except Exception as exc:
         log.error("X/Y/Z plot failed", exc_info=exc)
         raise gr.Error(f"The plot failed ({type(exc).__name__}: {exc}). Details are in the server log.") from exc
-    yield _finished(result, widgets)
+    yield _finished(result, widgets, files)
 
 
 def _waiting(engine: Engine, job: Job) -> str:
@@ -167,20 +168,21 @@ def _waiting(engine: Engine, job: Job) -> str:
         "Waiting for the GPU…"  # fmt: skip
 
 
-def _shown(cell: PlotCell) -> Any:
-    return str(cell.path) if cell.path else cell.image
+def _shown(cell: PlotCell, files: ShownFiles) -> str:
+    """The cell's saved file, or (a full disk) a marked copy of the picture in hand."""
+    return str(cell.path) if cell.path else files.one(cell.image, cell.infotext)
 
 
-def _finished(result: PlotResult, widgets: GenerationWidgets) -> dict[Any, Any]:
+def _finished(result: PlotResult, widgets: GenerationWidgets, files: ShownFiles) -> dict[Any, Any]:
     """The grid first, then the cells, each with its infotext for the tab's Parameters and Reuse."""
     entries: list[dict[str, Any]] = []
     shown: list[Any] = []
     if result.grid is not None:
         first = result.cells[0]
-        shown.append(str(result.grid_path) if result.grid_path else result.grid)
+        shown.append(str(result.grid_path) if result.grid_path else files.one(result.grid, result.grid_infotext))
         entries.append(_entry(result.grid_path, first.seed, result.grid_infotext, first.request))
     for cell in result.cells:
-        shown.append(_shown(cell))
+        shown.append(_shown(cell, files))
         entries.append(_entry(cell.path, cell.seed, cell.infotext, cell.request))
     made = f"{len(result.cells)} of {result.total} cells" if result.stopped else f"{result.total} cells"
     notes = "\n\n" + "\n".join(f"- {note}" for note in result.notes) if result.notes else ""
