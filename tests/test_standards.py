@@ -301,6 +301,16 @@ def test_the_page_can_reveal_a_flagged_picture_to_its_maker(tmp_path: Path) -> N
         revealed = _b64(html.split('src="')[1].split('"')[0])
         assert xmp.is_ai_marked(revealed)  # "save image as" on it makes a file: it carries the mark
         assert scenes.analyse(Image.open(io.BytesIO(revealed)).convert("RGB")).colour == "red"
+
+        # A new result of another kind (an X/Y/Z plot) takes the flagged original away, with its button.
+        plot = next(fn for fn in studio.app.fns.values() if getattr(fn.fn, "__name__", "") == "run"
+                    and any(getattr(block, "elem_id", "") == "xyz-x-values" for block in fn.inputs))  # fmt: skip
+        asked = {"xyz-x-values": "3, 4", "xyz-y-values": "2", "txt2img-prompt": "a blue circle"}
+        plot_data = {block: asked.get(getattr(block, "elem_id", None) or "", block.value) for block in plot.inputs}
+        plot_data |= {widgets.presets.styles: [], widgets.presets.negatives: [], studio.top.model: ""}
+        after = list(plot.fn(plot_data, gr.Request(session_hash="s")))[-1]
+        assert "X/Y/Z plot of 2 cells" in after[widgets.status]
+        assert after[widgets.reveal].visible is False and after[widgets.revealed] == ""
     finally:
         engine.close()
 

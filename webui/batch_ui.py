@@ -95,7 +95,7 @@ def wire_batch(
     model_picker: gr.Dropdown,
 ) -> None:  # fmt: skip
     """Connects the list's Run to the engine; Stop is the tab's own."""
-    outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected]
+    outputs = widgets.result_outputs
 
     def run(data: dict[Any, Any], request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[Any]:
         values = {name: data[widget] for name, widget in widgets.fields.items()}
@@ -192,7 +192,7 @@ def _pictures_update(pictures: list[Picture], widgets: GenerationWidgets, files:
     return {
         widgets.results: shown, widgets.session: entries, widgets.selected: 0,
         widgets.infotext: pictures[0].infotext if pictures else "",
-    }  # fmt: skip
+    } | widgets.no_reveal()  # fmt: skip
 
 
 def _status(job: Job, tracker: BatchProgress, elapsed: float) -> str:

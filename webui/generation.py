@@ -159,8 +159,7 @@ def wire_generation(
 ) -> Callable[..., Iterator[dict[Any, Any]]]:
     """Connect Generate and Stop of one tab; every tab shares the single GPU slot. ``device_state`` is
     the top bar's status and what it shows, brought up to date the moment a job ends."""
-    outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected,
-               widgets.reveal, widgets.revealed]  # fmt: skip
+    outputs = widgets.result_outputs
 
     def run(
         data: dict[Any, Any], request: gr.Request, progress: gr.Progress = gr.Progress()

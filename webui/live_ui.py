@@ -242,7 +242,7 @@ def _wire_switch(widgets: GenerationWidgets, controls: LiveControls) -> None:
 def _wire_keep(
     sessions: LiveSessions, widgets: GenerationWidgets, controls: LiveControls, road: LiveRoad | None
 ) -> None:
-    outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected]
+    outputs = widgets.result_outputs
 
     def keep(key: str, request: gr.Request) -> dict[Any, Any]:
         # The road's slot is the page script's (its key); a Gradio event's is the session's.
@@ -259,7 +259,7 @@ def _wire_keep(
         return {
             widgets.results: [str(path)], widgets.infotext: frame.infotext, widgets.session: [entry],
             widgets.selected: 0, widgets.status: f"Kept the live picture as {path.name}.",
-        }  # fmt: skip
+        } | widgets.no_reveal()  # fmt: skip
 
     controls.keep.click(keep, controls.key, outputs, queue=False, js=KEEP_SCRIPT if road else None)
 

@@ -47,6 +47,16 @@ class GenerationWidgets:
     reveal: gr.Button  # shown when the safety check blurred a picture of the last result
     revealed: gr.HTML  # the flagged original, inline: never a file, never in Gradio's cache
 
+    @property
+    def result_outputs(self) -> list[Any]:
+        """What a job that shows a new result updates: its pictures and their entries, and the reveal."""
+        return [self.results, self.infotext, self.status, self.session, self.selected, self.reveal, self.revealed]
+
+    def no_reveal(self) -> dict[Any, Any]:
+        """For a new result without flagged pictures (a plot, a list, a kept frame): the last result's
+        flagged original goes, with its button."""
+        return {self.reveal: gr.Button(visible=False), self.revealed: ""}
+
 
 def grid_size(size: tuple[int, int]) -> tuple[int, int]:
     """A picture's size on the 8-pixel grid, within the size sliders' range."""

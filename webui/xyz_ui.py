@@ -92,7 +92,7 @@ def wire_xyz(
     model_picker: gr.Dropdown,
 ) -> None:  # fmt: skip
     """Connects the plot's Run to the engine; Stop is the tab's own."""
-    outputs = [widgets.results, widgets.infotext, widgets.status, widgets.session, widgets.selected]
+    outputs = widgets.result_outputs
     options = [*controls.types, *controls.values, controls.draw_legend, controls.keep_random_seeds]
 
     def run(data: dict[Any, Any], request: gr.Request) -> Iterator[dict[Any, Any]]:
@@ -190,7 +190,7 @@ def _finished(result: PlotResult, widgets: GenerationWidgets, files: ShownFiles)
     return {
         widgets.results: shown, widgets.infotext: entries[0]["infotext"] if entries else "", widgets.status: status,
         widgets.session: entries, widgets.selected: 0,
-    }  # fmt: skip
+    } | widgets.no_reveal()  # fmt: skip
 
 
 def _entry(path: Any, seed: int, text: str, request: Txt2Img) -> dict[str, Any]:
