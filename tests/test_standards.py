@@ -238,6 +238,23 @@ def test_the_page_shows_the_refusal_and_settings_add_terms(tmp_path: Path) -> No
     assert not _files(tmp_path / "outputs")
 
 
+def test_a_damaged_settings_terms_file_is_shown_to_mend_and_never_emptied(tmp_path: Path) -> None:
+    kept = tmp_path / "data" / "blocked-terms.txt"
+    kept.parent.mkdir()
+    kept.write_text("gore\n***\n", encoding="utf-8")  # "***" could never match: the list is refused
+    engine = Engine(EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs"))
+    try:
+        studio = build_studio(engine, SettingsStore(tmp_path / "data"), PresetLibrary(tmp_path / "data"))
+        blocks = {getattr(block, "elem_id", None): block for block in studio.app.blocks.values()}
+        assert blocks["settings-blocked-terms"].value == "gore\n***\n"  # the owner's text, to mend
+        note = blocks["settings-blocked-terms-note"].value
+        assert "not in force" in note and "***" in note
+        assert len(engine.standards.blocked) == 0
+    finally:
+        engine.close()
+    assert kept.read_text(encoding="utf-8") == "gore\n***\n"
+
+
 def test_a_bad_terms_file_stops_the_launch_with_its_name(tmp_path: Path) -> None:
     bad = tmp_path / "terms.txt"
     bad.write_text("fine\n***\n", encoding="utf-8")

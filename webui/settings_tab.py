@@ -120,16 +120,26 @@ def build_settings_tab(engine: Engine, store: SettingsStore, saved: UiSettings) 
 BLOCKED_TERMS_FILE = "blocked-terms.txt"  # in the data folder, beside settings.json
 
 
-def load_page_terms(engine: Engine, store: SettingsStore) -> str:
-    """The terms kept in Settings, put in force at start; a damaged file is reported, never lost."""
+def load_page_terms(engine: Engine, store: SettingsStore) -> tuple[str, str]:
+    """The terms kept in Settings, put in force at start: (the file's text, for the box; what is wrong
+    with it, or ""). A damaged file is shown to be mended and is not in force; it is never emptied."""
     path = store.path.parent / BLOCKED_TERMS_FILE
     try:
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-        engine.standards.set_page_terms(text)
-    except (OSError, UnicodeDecodeError, BadRequest) as exc:
+        data = path.read_bytes() if path.exists() else b""
+    except OSError as exc:
         log.error("blocked terms in %s not used: %s", path, exc)
-        return ""
-    return text
+        return "", f"⚠ `{path}` cannot be read ({exc.strerror or exc}): its terms are **not in force**."
+    text = data.decode("utf-8", errors="replace")  # shown as it is, to be mended
+    try:
+        engine.standards.set_page_terms(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        problem = f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except BadRequest as exc:
+        problem = str(exc)
+    else:
+        return text, ""
+    log.error("blocked terms in %s not used: %s", path, problem)
+    return text, f"⚠ The terms below are **not in force**: {problem}. Mend them and save."
 
 
 def build_standards_section(engine: Engine, store: SettingsStore) -> None:
@@ -142,13 +152,14 @@ def build_standards_section(engine: Engine, store: SettingsStore) -> None:
         if standards.checker is None:
             gr.Markdown(missing_help(engine.settings.models_dir), elem_id="settings-safety-help")
         file_note = f" Terms from `--blocked-terms`: {len(standards.file_terms)}." if standards.file_terms else ""
+        kept_terms, problem = load_page_terms(engine, store)
         terms = gr.Textbox(
-            load_page_terms(engine, store), lines=6, label="Blocked terms (one term or phrase a line; gore* = gore...)",
+            kept_terms, lines=6, label="Blocked terms (one term or phrase a line; gore* = gore...)",
             info=f"Prompts containing one are refused, at every door; the negative prompt is not checked.{file_note}",
             elem_id="settings-blocked-terms",
         )  # fmt: skip
         save_terms = gr.Button("Save blocked terms", size="sm")
-        note = gr.Markdown("")
+        note = gr.Markdown(problem, elem_id="settings-blocked-terms-note")
 
     def save(text: str) -> str:
         try:
