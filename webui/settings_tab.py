@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from typing import Any
 
 import gradio as gr
@@ -161,10 +162,13 @@ def build_standards_section(engine: Engine, store: SettingsStore) -> None:
         save_terms = gr.Button("Save blocked terms", size="sm")
         note = gr.Markdown(problem, elem_id="settings-blocked-terms-note")
 
+    saving = threading.Lock()  # two owners' saves at once must leave in force the list that is on disk
+
     def save(text: str) -> str:
         try:
-            in_force = standards.set_page_terms(text or "")
-            replace_file(path, standards.page_terms.text.encode("utf-8"))
+            with saving:
+                in_force = standards.set_page_terms(text or "")
+                replace_file(path, standards.page_terms.text.encode("utf-8"))
         except BadRequest as exc:
             raise gr.Error(f"Blocked terms not saved: {exc}") from exc
         except OSError as exc:
