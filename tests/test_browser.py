@@ -146,6 +146,18 @@ def test_a_saved_preset_survives_a_reload_and_restores_every_field(page: Any, st
     shot(page, "07-preset-loaded")
 
 
+def test_each_key_in_the_prompt_costs_the_server_one_request_at_most(page: Any) -> None:
+    # The token counters and the final-prompt preview answer in one request: on a small CPU each
+    # request per key press takes time from a live frame.
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if request.method == "POST" else None)
+    prompt = page.locator("#txt2img-prompt textarea")
+    prompt.press_sequentially("a red star", delay=120)
+    page.locator("#txt2img-prompt-tokens").get_by_text("3/75 tokens").wait_for(timeout=10_000)
+    page.wait_for_timeout(500)  # the last key's answer
+    assert 1 <= len(sent) <= len("a red star"), sent
+
+
 def test_auth_refuses_a_wrong_password_and_accepts_the_right_one(tmp_path: Path) -> None:
     app, url = serve_studio(tmp_path, "--auth", "artist:s3cret")
     try:

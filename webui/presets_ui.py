@@ -127,16 +127,22 @@ def wire_style_controls(
     library: PresetLibrary,
     count: Callable[[str], tuple[int, int]],
     controls: PresetControls,
-    prompt: gr.Textbox,
-    negative: gr.Textbox,
+    boxes: tuple[gr.Textbox, gr.Textbox],
+    counters: tuple[gr.Markdown, gr.Markdown],
+    counter_text: Callable[[str], str],
 ) -> None:
+    """The final-prompt preview and the boxes' token counters, in one request per change: each key
+    press sends it, and on a small CPU every request takes time from a live frame."""
+    prompt, negative = boxes
     inputs = [prompt, negative, controls.styles, controls.negatives]
 
-    def preview(*values: Any) -> str:
-        return final_prompt_text(library, count, *values)
+    def preview(text: str, negative_text: str, styles: list[str], negatives: list[str]) -> tuple[str, str, str]:
+        final = final_prompt_text(library, count, text, negative_text, styles, negatives)
+        return final, counter_text(text or ""), counter_text(negative_text or "")
 
+    outputs = [controls.preview, *counters]
     for trigger in (prompt.change, negative.change, controls.styles.change, controls.negatives.change):
-        trigger(preview, inputs, controls.preview, queue=False, show_progress="hidden", trigger_mode="always_last")
+        trigger(preview, inputs, outputs, queue=False, show_progress="hidden", trigger_mode="always_last")
 
     def apply(text: str, negative_text: str, styles: list[str], negatives: list[str]) -> tuple[Any, ...]:
         if not styles and not negatives:

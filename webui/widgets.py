@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,7 @@ def build_prompt_boxes(engine: Engine, mode: str) -> tuple[gr.Textbox, gr.Textbo
         label="Negative prompt", lines=2, placeholder="blurry, low quality", elem_id=f"{mode}-negative"
     )
     negative_tokens = gr.Markdown(token_text(engine, ""), elem_classes=["token-counter"])
-    # Every key press changes the box: only the newest text is counted when the server lags behind.
-    for box, counter in ((prompt, prompt_tokens), (negative, negative_tokens)):
-        box.change(lambda text: token_text(engine, text), box, counter, queue=False, show_progress="hidden",
-                   trigger_mode="always_last")  # fmt: skip
-    return prompt, negative, prompt_tokens, negative_tokens
+    return prompt, negative, prompt_tokens, negative_tokens  # counted as they change by wire_style_controls
 
 
 def build_sampling_controls(native_size: int, mode: str) -> dict[str, gr.components.Component]:
@@ -169,7 +166,14 @@ def build_generation_widgets(
             fields: dict[str, gr.components.Component] = {"prompt": prompt, "negative_prompt": negative}
             presets = build_preset_controls(library, mode)
             build_lora_controls(engine, mode, prompt)
-            wire_style_controls(library, engine.count_tokens, presets, prompt, negative)
+            wire_style_controls(
+                library,
+                engine.count_tokens,
+                presets,
+                (prompt, negative),
+                (prompt_tokens, negative_tokens),
+                functools.partial(token_text, engine),
+            )
             if mode_controls is not None:
                 fields |= mode_controls()
             reference, reference_fields = build_reference_controls(engine, mode)
