@@ -192,7 +192,9 @@ def load_live(demo: Any, folder: Path = SHIPPED) -> Any:
     unet = copy.deepcopy(demo.unet)
     distill.merge(unet, distill.unpack(load_file(path)))
     scheduler = LCMScheduler.from_config(demo.scheduler.config)
-    return type(demo)(**{**demo.components, "unet": unet, "scheduler": scheduler})
+    # The demo has no safety checker to require (Atelier's own check is apart): without this, each
+    # view of the live model warned about it in the log, once a frame.
+    return type(demo)(**{**demo.components, "unet": unet, "scheduler": scheduler}, requires_safety_checker=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,6 +56,8 @@ def test_the_live_model_draws_a_red_circle_red_in_one_step(demo: object) -> None
     after = demo.unet.state_dict()  # type: ignore[attr-defined]
     assert all(torch.equal(before[name], after[name]) for name in before)
     assert live.unet is not demo.unet and live.vae is demo.vae  # type: ignore[attr-defined]
+    # Like the demo, it requires no safety-checker model: each mode view would warn in the log.
+    assert live.config.requires_safety_checker is False
 
 
 def test_missing_live_weights_name_the_file_and_the_build_command(demo: object, tmp_path: Path) -> None:
