@@ -496,7 +496,7 @@ class Engine:
                     kwargs["output_type"] = hires_plan.first_output_type
                 result = pipe(**kwargs).images
         if hires_plan is not None and not job.interrupted:
-            result = self._hires_pass(model, request, hires_plan, result, kwargs, counted, job)
+            result = self._hires_pass(model, request, hires_plan, result, kwargs, counted, job, (seeds, subseeds))
         if job.interrupted:
             # diffusers still decodes a half-done image after an interrupt; nobody should get it.
             raise Interrupted(f"job {job.id} was stopped at step {job.step} of {job.total}")
@@ -514,9 +514,11 @@ class Engine:
         kwargs: dict[str, Any],
         counted: list[int],
         job: Job,
+        noise_seeds: tuple[list[int], list[int]],
     ) -> list[Image.Image]:
         """The hires fix's second pass: the first pass's pictures (or latents) upscaled and redrawn by
-        the image-to-image view. A Skip during the first pass keeps the first pass as it is."""
+        the image-to-image view, its noise drawn from the same seeds and variation seeds as A1111's.
+        A Skip during the first pass keeps the first pass as it is."""
         if job.skipping:
             return hires.decode_latents(model.pipe, first) if isinstance(first, torch.Tensor) else list(first)
         counted[:] = [counted[0] + request.steps, max(1, plan.steps)]
@@ -524,7 +526,9 @@ class Engine:
         view = self.manager.view(model, "img2img", scheduler)
         # The IP-Adapter's image belonged to the first pass: its weights are gone from the model now.
         second = {name: value for name, value in kwargs.items() if name != "ip_adapter_image"}
-        return hires.second_pass(view, first, plan, self.upscalers, **second)
+        seeds, subseeds = noise_seeds
+        with seeds_noise.varied(view, True, seeds, subseeds, request.subseed_strength, (0, 0), second):
+            return hires.second_pass(view, first, plan, self.upscalers, **second)
 
     def interrupt(self, job_id: str | None = None) -> bool:
         """Stop the running job (only if it is ``job_id``, when given). True if one was stopped."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines.engine import Engine
 from pipelines.errors import BadRequest
 from pipelines.infotext import parse_infotext, request_fields
-from pipelines.requests import Txt2Img
+from pipelines.requests import Img2Img, Txt2Img
 from pipelines.scenes import analyse
 from tests.conftest import pixels
 
@@ -39,6 +40,22 @@ def test_the_infotext_reproduces_the_hires_picture(engine: Engine) -> None:
     again = engine.generate(Txt2Img(**(fields | {"model": "builtin:demo"})))
     assert again.images[0].size == (96, 128)
     assert np.array_equal(pixels(again.images[0]), pixels(result.images[0]))
+
+
+@pytest.mark.parametrize("subseed_strength", [0.0, 0.6])
+def test_the_second_pass_is_image_to_image_of_the_upscale_with_the_same_seeds(
+    engine: Engine, subseed_strength: float
+) -> None:
+    # As in A1111, the second pass draws its noise from the picture's seed and variation seed: a
+    # variation seed changed the first pass only, and the second redrew it with the plain seed's noise.
+    variation = {"subseed": 11, "subseed_strength": subseed_strength}
+    hires = engine.generate(HIRES.replace(**variation)).images[0]
+    first = engine.generate(BASE.replace(**variation)).images[0]
+    redrawn = engine.generate(
+        Img2Img(prompt=BASE.prompt, init_image=first.resize((128, 128), Image.Resampling.LANCZOS), width=128,
+                height=128, steps=6, denoising_strength=0.5, seed=BASE.seed, model="builtin:demo", **variation)
+    ).images[0]  # fmt: skip  # 3 steps of a 6-step schedule: the hires pass's 3 steps at strength 0.5
+    assert np.array_equal(pixels(hires), pixels(redrawn))
 
 
 def test_without_enable_hr_the_hires_fields_change_nothing(engine: Engine) -> None:
