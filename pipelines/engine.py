@@ -228,6 +228,7 @@ class Engine:
         for all its frames. Bad settings raise here, before anything is queued."""
         settings, notes = settings.checked(self.limits)
         self.standards.check_ready()
+        animation_job.check_loras(self, settings)
         job = job or Job()
         work = functools.partial(animation_job.run, self, settings, notes, job, on_frame)
         return self._queued(job, settings.model, work, f"{settings.width}x{settings.height}")

@@ -23,6 +23,7 @@ from pipelines.animation.settings import AnimationSettings
 from pipelines.engine import Engine, Job
 from pipelines.errors import BadRequest
 from pipelines.outputs import read_metadata
+from pipelines.requests import Txt2Img
 from pipelines.settings import EngineSettings
 
 TRAVEL = '{"0": "a red circle on the left", "8": "a red circle on the right"}'
@@ -105,6 +106,34 @@ def test_stop_keeps_the_frames_so_far_and_still_writes_their_clip(own_engine: En
     assert clip_info(result.clip).frames == 3
     assert not [p for p in result.clip.parent.rglob("*") if p.name.startswith(".writing-")]  # nothing half-written
     assert any("stopped after 3 of 12 frames" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("prompt", ["a (red:1.3) circle, (blue square:0.4)", "a red circle BREAK on the left"])
+def test_the_first_frame_reads_the_prompt_as_generate_does(own_engine: Engine, prompt: str) -> None:
+    # Weights and BREAK were read as words: the frame drifted from the picture Generate makes.
+    frame = own_engine.animate(AnimationSettings(prompts=prompt, max_frames=1, **STILL)).frames[0]
+    picture = own_engine.generate(
+        Txt2Img(prompt=prompt, steps=8, sampler_name="DDIM", seed=3, width=64, height=64, cfg_scale=7)
+    ).images[0]
+    assert np.array_equal(np.asarray(frame), np.asarray(picture))
+
+
+def test_lora_tags_in_keyframes_apply_to_their_frames_and_come_off(own_engine: Engine) -> None:
+    from test_lora import write_peft_lora
+
+    unet = own_engine.manager.get("builtin:demo").pipe.unet
+    write_peft_lora(unet, own_engine.settings.models_dir / "Lora" / "wobble.safetensors")
+    tagged = "a red circle <lora:wobble:1>"
+    frames = own_engine.animate(AnimationSettings(prompts=tagged, max_frames=1, **STILL)).frames
+    asked = {"steps": 8, "sampler_name": "DDIM", "seed": 3, "width": 64, "height": 64, "cfg_scale": 7}
+    with_lora = own_engine.generate(Txt2Img(prompt=tagged, **asked)).images[0]
+    plain = own_engine.generate(Txt2Img(prompt="a red circle", **asked)).images[0]
+    assert np.array_equal(np.asarray(frames[0]), np.asarray(with_lora))
+    assert not np.array_equal(np.asarray(with_lora), np.asarray(plain)), "the LoRA changes the picture"
+    after = own_engine.animate(AnimationSettings(prompts="a red circle", max_frames=1, **STILL)).frames[0]
+    assert np.array_equal(np.asarray(after), np.asarray(plain)), "the LoRA stayed on the model"
+    with pytest.raises(BadRequest, match="gone"):  # an unknown name: refused before the clip queues
+        own_engine.animate(AnimationSettings(prompts='{"0": "a circle", "4": "a square <lora:gone:1>"}'))
 
 
 def test_bad_schedules_are_refused_before_anything_is_made(own_engine: Engine) -> None:

@@ -8,6 +8,7 @@ whole clip. Stop keeps the frames made so far and still writes the clip from the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from .. import infotext, samplers
+from .. import infotext, lora, prompts, samplers
 from ..errors import BadRequest
 from ..requests import Img2Img
 from ..standards import flagged_note
@@ -27,7 +28,7 @@ from .colour import ColourReference, match_colours
 from .motion import add_noise, combined, tween, warp
 from .noise import lerp, travel_noise
 from .plan import FramePlan, plan_frames
-from .settings import AnimationSettings
+from .settings import AnimationSettings, parse_prompts
 
 if TYPE_CHECKING:
     from ..engine import Engine, Job
@@ -50,6 +51,12 @@ class AnimationResult:
 FrameCallback = Callable[[int, int, Image.Image], None]  # frames done, frames in all, the newest frame
 
 
+def check_loras(engine: Engine, settings: AnimationSettings) -> None:
+    """Every keyframe's LoRA tags well formed and their files there: ``BadRequest`` before the clip queues."""
+    for prompt, _ in parse_prompts(settings.prompts).values():
+        engine.loras.resolve(lora.extract(prompt)[1])
+
+
 def run(
     engine: Engine, settings: AnimationSettings, notes: list[str], job: Job, on_frame: FrameCallback | None
 ) -> AnimationResult:
@@ -69,30 +76,33 @@ def run(
     flagged: list[bool] = []  # by frame, when the safety check ran
     saved: list[Path] = []
     previous = 0
-    for plan in plans:
-        if not plan.diffused:
-            continue
-        if job.interrupted:
-            break
-        made[plan.index] = painter.frame(plan, made.get(previous), plans[previous + 1 : plan.index + 1])
-        for between in plans[previous + 1 : plan.index]:
-            since, until = plans[previous + 1 : between.index + 1], plans[between.index + 1 : plan.index + 1]
-            made[between.index] = tween(
-                made[previous], made[plan.index], since, until, between.cadence_weight, settings.border
-            )
-        for index in range(len(saved), plan.index + 1):
-            text = _frame_infotext(settings, plans[index], width, height, model)
-            fields = {"animation": settings.to_dict(), "frame": index, "seed": plans[index].seed}
-            # The frame as it may be shown (safety check, watermark); the next frame still grows from made[].
-            screened = engine.standards.screen([made[index]])
-            shown[index] = screened.images[0]
-            notes += [note for note in screened.notes if note not in notes]
-            flagged += screened.flagged
-            saved.append(engine.outputs.save_frame(shown[index], text, fields, folder, index))
-            job.step, job.preview = index + 1, shown[index]
-            if on_frame is not None:
-                on_frame(index + 1, len(plans), shown[index])
-        previous = plan.index
+    try:
+        for plan in plans:
+            if not plan.diffused:
+                continue
+            if job.interrupted:
+                break
+            made[plan.index] = painter.frame(plan, made.get(previous), plans[previous + 1 : plan.index + 1])
+            for between in plans[previous + 1 : plan.index]:
+                since, until = plans[previous + 1 : between.index + 1], plans[between.index + 1 : plan.index + 1]
+                made[between.index] = tween(
+                    made[previous], made[plan.index], since, until, between.cadence_weight, settings.border
+                )
+            for index in range(len(saved), plan.index + 1):
+                text = _frame_infotext(settings, plans[index], width, height, model)
+                fields = {"animation": settings.to_dict(), "frame": index, "seed": plans[index].seed}
+                # The frame as it may be shown (safety check, watermark); the next frame still grows from made[].
+                screened = engine.standards.screen([made[index]])
+                shown[index] = screened.images[0]
+                notes += [note for note in screened.notes if note not in notes]
+                flagged += screened.flagged
+                saved.append(engine.outputs.save_frame(shown[index], text, fields, folder, index))
+                job.step, job.preview = index + 1, shown[index]
+                if on_frame is not None:
+                    on_frame(index + 1, len(plans), shown[index])
+            previous = plan.index
+    finally:
+        painter.close()  # the last frame's LoRAs come off however the clip ends
     if note := flagged_note(flagged):
         notes.append(note.replace("picture", "frame"))
     frames = [shown[index] for index in range(len(saved))]
@@ -115,8 +125,15 @@ class _Painter:
         self.text_view = engine.manager.view(model, "txt2img", scheduler)
         self.image_view = engine.manager.view(model, "img2img", scheduler)
         self.device = engine.manager.device
-        self._embeddings: dict[tuple[str, str], tuple[torch.Tensor, ...]] = {}
+        self.engine, self.model = engine, model
+        self._embeddings: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self._first: ColourReference | None = None
+        # The LoRAs of the frame's keyframe prompt stay on while consecutive frames ask for the same.
+        self._loras = contextlib.ExitStack()
+        self._lora_tags: list[lora.LoraTag] = []
+
+    def close(self) -> None:
+        self._loras.close()
 
     def frame(self, plan: FramePlan, last: Image.Image | None, motions: list[FramePlan]) -> Image.Image:
         """Frame 0 from noise; every later one from the last diffused frame moved by the camera."""
@@ -133,6 +150,7 @@ class _Painter:
         return self._draw(plan, start)
 
     def _draw(self, plan: FramePlan, start: Image.Image | None = None) -> Image.Image:
+        self._use_loras(lora.extract(plan.prompt)[1])
         call: dict[str, Any] = self._prompt(plan) | {
             "num_inference_steps": self.settings.steps,
             "guidance_scale": plan.cfg_scale,
@@ -152,24 +170,43 @@ class _Painter:
             return self.text_view(**call, latents=noise.to(self.device)).images[0]
         return self.image_view(**call, image=start, strength=plan.denoising_strength).images[0]
 
-    def _prompt(self, plan: FramePlan) -> dict[str, Any]:
-        """The text embeddings of the frame: the two keyframes' prompts blended by the plan's weight."""
-        first = self._embed(plan.prompt, plan.negative_prompt)
-        if plan.prompt_weight:
-            second = self._embed(plan.next_prompt, plan.next_negative_prompt)
-            first = tuple(lerp(a, b, plan.prompt_weight) for a, b in zip(first, second, strict=True))
-        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-        return dict(zip(names, first, strict=False))
+    def _use_loras(self, tags: list[lora.LoraTag]) -> None:
+        """The keyframe prompt's LoRAs on the model (a travelling frame uses the keyframe it leaves)."""
+        if tags == self._lora_tags:
+            return
+        self._loras.close()  # the last keyframe's come off first
+        self._lora_tags = []
+        resolved = self.engine.loras.resolve(tags)
+        self._loras.enter_context(lora.applied(self.model.pipe, resolved, self.engine.loras))
+        self._lora_tags = tags
 
-    def _embed(self, prompt: str, negative: str) -> tuple[torch.Tensor, ...]:
+    def _prompt(self, plan: FramePlan) -> dict[str, torch.Tensor]:
+        """The text embeddings of the frame: the two keyframes' prompts blended by the plan's weight,
+        read as Generate reads them (weights, BREAK, embeddings, any length; LoRA tags taken out)."""
+        first = self._embed(plan.prompt, plan.negative_prompt)
+        if not plan.prompt_weight:
+            return first
+        second = self._embed(plan.next_prompt, plan.next_negative_prompt)
+        first, second = self._padded(first, second), self._padded(second, first)
+        return {name: lerp(first[name], second[name], plan.prompt_weight) for name in first}
+
+    def _embed(self, prompt: str, negative: str) -> dict[str, torch.Tensor]:
         key = (prompt, negative)
         if key not in self._embeddings:
-            encoded = self.text_view.encode_prompt(
-                prompt=prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-                negative_prompt=negative,
-            )  # fmt: skip
-            self._embeddings[key] = tuple(encoded)
+            text = lora.extract(prompt)[0]
+            self._embeddings[key] = prompts.encode_prompts(self.text_view, text, negative, 1, self.engine.embeddings)
         return self._embeddings[key]
+
+    def _padded(self, embeds: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``embeds`` as long as ``other`` (prompts of more chunks are longer): empty-prompt chunks
+        added, as Generate pads the shorter of a prompt and its negative."""
+        empty = self._embed("", "")["prompt_embeds"]
+        padded = dict(embeds)
+        for name in ("prompt_embeds", "negative_prompt_embeds"):
+            missing = (other[name].shape[1] - embeds[name].shape[1]) // empty.shape[1]
+            if missing > 0:
+                padded[name] = torch.cat([embeds[name], *[empty] * missing], dim=1)
+        return padded
 
 
 def _frame_infotext(settings: AnimationSettings, plan: FramePlan, width: int, height: int, model: LoadedModel) -> str:
