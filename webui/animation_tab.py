@@ -241,7 +241,7 @@ def _stream(
         worker.join(POLL_SECONDS)
         if job.state == "running" and job.step != shown:
             shown = job.step
-            latest = files.one(job.preview) if job.preview is not None else None
+            latest = files([job.preview])[0] if job.preview is not None else None
             yield f"Frame {job.step}/{job.total} · {time.perf_counter() - job.started:.1f}s", latest, gr.skip()
         elif job.state == "queued":
             yield "Waiting for the GPU…", gr.skip(), gr.skip()

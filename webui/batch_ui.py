@@ -188,7 +188,7 @@ def _pictures_update(pictures: list[Picture], widgets: GenerationWidgets, files:
         {"path": str(p.path) if p.path else None, "seed": p.seed, "infotext": p.infotext, "fields": p.fields}
         for p in pictures
     ]
-    shown = [str(p.path) if p.path else files.one(p.image, p.infotext) for p in pictures]
+    shown = files([p.path or p.image for p in pictures], [p.infotext for p in pictures])
     return {
         widgets.results: shown, widgets.session: entries, widgets.selected: 0,
         widgets.infotext: pictures[0].infotext if pictures else "",

@@ -47,7 +47,8 @@ def data_url(image: Image.Image, finish: Finish, *, compress_level: int = 6) -> 
 
 class ShownFiles:
     """What a gallery shows over one job that updates it many times (previews, samples): saved files
-    stay as they are (marked when written); each picture in memory becomes a marked file, once."""
+    stay as they are (marked when written); each picture in memory becomes a marked file once, for
+    as long as it stays on show."""
 
     def __init__(self, finish: Finish, name: str = "picture") -> None:
         self.finish, self.name = finish, name
@@ -55,15 +56,18 @@ class ShownFiles:
         self._files: dict[tuple[int, str], tuple[Image.Image, str]] = {}
 
     def __call__(self, pictures: Sequence[Image.Image | Path | str], infotexts: Sequence[str] = ()) -> list[str]:
-        """``infotexts``, when given, go with the pictures in memory (a saved file has its own)."""
+        """The files for the gallery; ``infotexts``, when given, go with the pictures in memory (a
+        saved file has its own)."""
         texts = list(infotexts) or [""] * len(pictures)
-        return [
-            self.one(picture, text) if isinstance(picture, Image.Image) else str(picture)
-            for picture, text in zip(pictures, texts, strict=True)
-        ]
-
-    def one(self, picture: Image.Image, infotext: str = "") -> str:
-        key = (id(picture), infotext)
-        if (known := self._files.get(key)) is None:
-            known = self._files[key] = (picture, shown_file(picture, self.finish, self.name, infotext))
-        return known[1]
+        on_show: dict[tuple[int, str], tuple[Image.Image, str]] = {}
+        files = []
+        for picture, text in zip(pictures, texts, strict=True):
+            if not isinstance(picture, Image.Image):
+                files.append(str(picture))
+                continue
+            key = (id(picture), text)
+            known = self._files.get(key) or (picture, shown_file(picture, self.finish, self.name, text))
+            on_show[key] = known
+            files.append(known[1])
+        self._files = on_show  # a long job's earlier previews are let go
+        return files

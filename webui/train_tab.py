@@ -296,7 +296,9 @@ def _plot(losses: list[float]) -> pd.DataFrame | None:
 
 
 def _gallery(progress: TrainProgress, files: ShownFiles) -> list[tuple[str, str]]:
-    return [(files.one(sample.image), f"step {sample.step}: {sample.prompt}") for sample in list(progress.samples)]
+    samples = list(progress.samples)
+    shown = files([sample.image for sample in samples])
+    return [(file, f"step {sample.step}: {sample.prompt}") for file, sample in zip(shown, samples, strict=True)]
 
 
 def _status(progress: TrainProgress, result: TrainResult | None = None) -> str:

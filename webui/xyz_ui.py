@@ -149,7 +149,8 @@ def _stream(engine: Engine, job: Job, settings: PlotSettings, widgets: Generatio
                 f"{time.perf_counter() - started:.1f}s"  # fmt: skip
         if watch.done != shown:
             shown = watch.done
-            update[widgets.results] = [_shown(cell, files) for cell in watch.cells]
+            cells = list(watch.cells)
+            update[widgets.results] = files([cell.path or cell.image for cell in cells], [c.infotext for c in cells])
         if update:
             yield update
     try:
@@ -168,22 +169,21 @@ def _waiting(engine: Engine, job: Job) -> str:
         "Waiting for the GPU…"  # fmt: skip
 
 
-def _shown(cell: PlotCell, files: ShownFiles) -> str:
-    """The cell's saved file, or (a full disk) a marked copy of the picture in hand."""
-    return str(cell.path) if cell.path else files.one(cell.image, cell.infotext)
-
-
 def _finished(result: PlotResult, widgets: GenerationWidgets, files: ShownFiles) -> dict[Any, Any]:
     """The grid first, then the cells, each with its infotext for the tab's Parameters and Reuse."""
     entries: list[dict[str, Any]] = []
-    shown: list[Any] = []
+    pictures: list[Any] = []  # saved files, or (a full disk) the pictures in hand
+    texts: list[str] = []
     if result.grid is not None:
         first = result.cells[0]
-        shown.append(str(result.grid_path) if result.grid_path else files.one(result.grid, result.grid_infotext))
+        pictures.append(result.grid_path or result.grid)
+        texts.append(result.grid_infotext)
         entries.append(_entry(result.grid_path, first.seed, result.grid_infotext, first.request))
     for cell in result.cells:
-        shown.append(_shown(cell, files))
+        pictures.append(cell.path or cell.image)
+        texts.append(cell.infotext)
         entries.append(_entry(cell.path, cell.seed, cell.infotext, cell.request))
+    shown = files(pictures, texts)
     made = f"{len(result.cells)} of {result.total} cells" if result.stopped else f"{result.total} cells"
     notes = "\n\n" + "\n".join(f"- {note}" for note in result.notes) if result.notes else ""
     status = f"{'Stopped' if result.stopped else 'Done'}: X/Y/Z plot of {made} in {result.seconds:.1f}s{notes}"
