@@ -71,6 +71,8 @@ def test_generate_shows_the_image_and_the_gallery_keeps_it(page: Any) -> None:
 
 
 def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
     picture = tmp_path / "blue.png"
     Image.new("RGB", (128, 128), BLUE).save(picture)
     page.get_by_role("tab", name="Inpaint").click()
@@ -82,6 +84,8 @@ def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) 
     editor.locator("canvas").first.wait_for(state="attached", timeout=30_000)
     with page.expect_response(lambda response: "/upload" in response.url and response.ok, timeout=30_000):
         editor.locator("input[type=file]").first.set_input_files(str(picture))
+    # The tab takes the picture's size once the server has seen it; Generate before that drew at 64 px.
+    expect(page.locator("#inpaint-width input[type=number]")).to_have_value("128", timeout=30_000)
     page.wait_for_timeout(1500)
     editor.get_by_role("button", name="Brush", exact=True).click()
     box = editor.locator("canvas").first.bounding_box()

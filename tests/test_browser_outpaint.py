@@ -42,6 +42,8 @@ def _canvas_extent(page: Any) -> tuple[float, float]:
 
 
 def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
     picture = tmp_path / "blue.png"
     Image.new("RGB", (64, 64), BLUE).save(picture)
     page.get_by_role("tab", name="Inpaint").click()
@@ -49,8 +51,8 @@ def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_pa
     editor.locator("canvas").first.wait_for(state="attached", timeout=30_000)  # see test_browser's inpaint test
     with page.expect_response(lambda response: "/upload" in response.url and response.ok, timeout=30_000):
         editor.locator("input[type=file]").first.set_input_files(str(picture))
+    expect(_slider(page, "inpaint-width")).to_have_value("64", timeout=30_000)  # the tab took the picture's size
     page.wait_for_timeout(1500)
-    assert _slider(page, "inpaint-width").input_value() == "64"
     before = _canvas_extent(page)
 
     page.locator("#inpaint-outpaint").get_by_text("Outpainting (extend the canvas)").click()
