@@ -60,6 +60,13 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)  # type: ignore[arg-type]
 
 
+def building_modules() -> threading.RLock:
+    """The turn every model build takes (``with loading.building_modules(): ...``): hold it while
+    making torch modules (peft adapters, a model from a config) on a thread that is not the engine's,
+    or a load running meanwhile can leave them with empty "meta" weights."""
+    return _LIBRARIES
+
+
 def import_libraries() -> None:
     """Import what loading and generating use from diffusers and transformers, on this thread and
     under the library lock, so no two threads ever resolve their lazy modules at once. The engine

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import torch
 from conftest import pixels
 
-from pipelines import samplers
+from pipelines import loading, samplers
 from pipelines.errors import BadRequest
 from pipelines.lora import LoraLibrary, LoraTag, applied, extract, without_tags
 from pipelines.lora.apply import lora_layers
@@ -45,8 +46,9 @@ def write_peft_lora(unet: Any, path: Path, seed: int = 0) -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
-    model = copy.deepcopy(unet)
-    model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with loading.building_modules():  # a server's engine may be loading a model on its own thread
+        model = copy.deepcopy(unet)
+        model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -275,6 +277,31 @@ def test_each_layout_changes_the_picture_and_leaves_no_trace(pipe: Any, library:
         assert np.array_equal(generate(pipe), plain), f"{name}: the next picture differs"
     assert_unchanged(before, snapshot(pipe))
     assert changes["ink"] > 0.002 and changes["kohya-star"] > 0.002, changes
+
+
+def test_adapters_wait_while_a_model_is_built_on_another_thread(pipe: Any, library: LoraLibrary) -> None:
+    """A load elsewhere in the process (a second engine, a script) patches torch so new modules get
+    empty "meta" weights; peft's layers built meanwhile would be empty and the job would fail."""
+    from accelerate import init_empty_weights
+
+    with applied(pipe, library.resolve([LoraTag("ink")]), library, method="adapters"):
+        expected = generate(pipe)
+    inside, done = threading.Event(), threading.Event()
+
+    def build() -> None:
+        with loading.building_modules(), init_empty_weights():
+            inside.set()
+            done.wait(0.5)
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    assert inside.wait(10)
+    try:
+        with applied(pipe, library.resolve([LoraTag("ink")]), library, method="adapters"):
+            assert np.array_equal(generate(pipe), expected)
+    finally:
+        done.set()
+        builder.join()
 
 
 def test_weights_scale_the_change_and_the_text_encoder_part_reaches_the_prompt(pipe: Any, library: LoraLibrary) -> None:

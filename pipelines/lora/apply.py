@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from ..errors import BadRequest
+from ..loading import building_modules
 from .files import LoraLibrary
 from .tags import LoraTag
 
@@ -431,10 +432,16 @@ def _adapters(pipe: Any, found: list[tuple[LoraTag, Layers]], record: AppliedLor
 def _load(pipe: Any, state: dict[str, torch.Tensor], adapter: str) -> list[str]:
     """Load one adapter into the parts its entries name; returns those parts. Loads part by part
     (not ``load_lora_weights``) so a part the file leaves alone is not told it got nothing."""
-    from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
-
     cls = type(pipe)
     touched = sorted({key.split(".", 1)[0] for key in state})
+    with building_modules():  # peft builds the adapter's layers: a load meanwhile would leave them empty
+        _load_parts(cls, pipe, state, adapter, touched)
+    return touched
+
+
+def _load_parts(cls: Any, pipe: Any, state: dict[str, torch.Tensor], adapter: str, touched: list[str]) -> None:
+    from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
+
     for part in touched:
         if part == "unet":
             cls.load_lora_into_unet(
@@ -446,7 +453,6 @@ def _load(pipe: Any, state: dict[str, torch.Tensor], adapter: str) -> list[str]:
                 state, network_alphas=None, text_encoder=getattr(pipe, part), prefix=part, adapter_name=adapter,
                 _pipeline=pipe, low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
             )  # fmt: skip
-    return touched
 
 
 def _snapshot(module: torch.nn.Module) -> tuple[bool, set[str]]:
