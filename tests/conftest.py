@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,17 +120,19 @@ def tiny_sdxl_around(unet: Any) -> Any:
 
     from pipelines import loading
 
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=16,
-    )  # fmt: skip
     text = CLIPTextConfig(
         hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408,
         projection_dim=32, hidden_act="gelu",
     )  # fmt: skip
     tokenizer = loading.clip_tokenizer()
+    with loading.building_modules():  # a server's engine may be loading a model on its own thread
+        vae = AutoencoderKL(
+            block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=16,
+        )  # fmt: skip
+        text_encoders = CLIPTextModel(text), CLIPTextModelWithProjection(text)
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
+        vae=vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1],
         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
     )  # fmt: skip
@@ -144,14 +148,52 @@ def shot(page: Any, name: str) -> None:
 
 
 def set_slider(page: Any, elem_id: str, value: float) -> None:
-    """Types ``value`` into a slider's number box as a user would, and lets the page take it in.
+    """Types ``value`` into a slider's number box as a user would, and waits until the slider holds it.
 
-    The box shows the number at once, but Gradio reads a widget's value for an event a frame later; on
-    a busy CPU a click straight after the typing sent the old value (CI saw Extend canvas get 0)."""
+    The box shows the number at once, but the slider takes it in a frame or more later (its track moves
+    then), and a slider that has just been shown (an accordion opened) can still be set back to its start
+    while it mounts: on a busy CPU a click straight after the typing sent the old value (CI saw Extend
+    canvas get 0, twice). So the typing is repeated until the track shows it and the box still does."""
+    from playwright.sync_api import expect
+
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    track = page.locator(f"#{elem_id} input[type=range]")
+    text = f"{value:g}"
+    for attempt in range(1, 4):
+        box.fill(text)
+        box.press("Enter")
+        expect(track).to_have_value(text, timeout=10_000)
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        page.wait_for_timeout(100 * attempt)
+        if box.input_value() == text and track.input_value() == text:
+            return
+        shown = box.input_value()
+        logging.getLogger(__name__).warning("slider %s went back to %s; typing %s again", elem_id, shown, text)
+    raise AssertionError(f"slider {elem_id} does not keep {text}: it shows {box.input_value()}")
+
+
+def _drawn_extent(page: Any) -> tuple[float, float]:
+    """The (width, height) on screen of the picture the editor draws: the box of its blue pixels."""
+    shot = Image.open(io.BytesIO(page.locator("#inpaint-editor canvas").first.screenshot())).convert("RGB")
+    pixels = np.asarray(shot, dtype=np.int16)
+    blueish = (pixels[..., 2] - pixels[..., 0]) > 30  # the picture and its fill are blue; the editor is grey/white
+    rows, cols = np.flatnonzero(blueish.any(axis=1)), np.flatnonzero(blueish.any(axis=0))
+    return float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)
+
+
+def editor_extent(page: Any, ratio: float) -> tuple[float, float]:
+    """The Inpaint editor's picture extent (a blue picture's, in screen pixels) once its width/height is
+    ``ratio``, or after 20 s whatever it is: the editor draws a picture some time after it arrives,
+    seconds on a busy CPU."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            extent = _drawn_extent(page)
+        except IndexError:  # nothing drawn yet
+            extent = (0.0, 1.0)
+        if extent[0] / extent[1] == pytest.approx(ratio, rel=0.1) or time.monotonic() > deadline:
+            return extent
+        page.wait_for_timeout(250)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import serve_studio, set_slider, shot
+from conftest import editor_extent, serve_studio, set_slider, shot
 from PIL import Image
 
 from pipelines import scenes
@@ -86,7 +86,7 @@ def test_inpaint_stroke_redraws_only_under_the_brush(page: Any, tmp_path: Path) 
         editor.locator("input[type=file]").first.set_input_files(str(picture))
     # The tab takes the picture's size once the server has seen it; Generate before that drew at 64 px.
     expect(page.locator("#inpaint-width input[type=number]")).to_have_value("128", timeout=30_000)
-    page.wait_for_timeout(1500)
+    editor_extent(page, 1.0)  # drawn: a stroke before that paints over a blank canvas
     editor.get_by_role("button", name="Brush", exact=True).click()
     box = editor.locator("canvas").first.bounding_box()
     middle_y = box["y"] + box["height"] / 2

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import set_slider, shot
+from conftest import editor_extent, set_slider, shot
 from PIL import Image
 
 BLUE = (30, 60, 200)
@@ -32,15 +32,6 @@ def _slider(page: Any, elem_id: str) -> Any:
     return page.locator(f"#{elem_id} input[type=number]")
 
 
-def _canvas_extent(page: Any) -> tuple[float, float]:
-    """Width/height ratio of the picture the editor draws: the bounding box of its non-background pixels."""
-    shot = Image.open(io.BytesIO(page.locator("#inpaint-editor canvas").first.screenshot())).convert("RGB")
-    pixels = np.asarray(shot, dtype=np.int16)
-    blueish = (pixels[..., 2] - pixels[..., 0]) > 30  # the picture and its fill are blue; the editor is grey/white
-    rows, cols = np.flatnonzero(blueish.any(axis=1)), np.flatnonzero(blueish.any(axis=0))
-    return float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)
-
-
 def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -52,18 +43,16 @@ def test_extend_canvas_grows_the_picture_and_generate_fills_it(page: Any, tmp_pa
     with page.expect_response(lambda response: "/upload" in response.url and response.ok, timeout=30_000):
         editor.locator("input[type=file]").first.set_input_files(str(picture))
     expect(_slider(page, "inpaint-width")).to_have_value("64", timeout=30_000)  # the tab took the picture's size
-    page.wait_for_timeout(1500)
-    before = _canvas_extent(page)
+    before = editor_extent(page, 1.0)  # the square picture, drawn
 
     page.locator("#inpaint-outpaint").get_by_text("Outpainting (extend the canvas)").click()
     set_slider(page, "inpaint-outpaint-right", 64)
     page.locator("#inpaint-extend-canvas").click()
     page.locator("#inpaint-outpaint-note").get_by_text("Canvas now 128×64").wait_for(timeout=15_000)
-    page.wait_for_timeout(1500)  # the editor redraws its canvas after the value arrives
-    shot(page, "outpaint-01-extended")
     assert _slider(page, "inpaint-width").input_value() == "128"
     assert _slider(page, "inpaint-height").input_value() == "64"
-    after = _canvas_extent(page)
+    after = editor_extent(page, 2 * before[0] / before[1])
+    shot(page, "outpaint-01-extended")
     assert after[0] / after[1] == pytest.approx(2 * before[0] / before[1], rel=0.1), (before, after)
 
     page.locator("#inpaint-seed input").fill("3")
