@@ -50,6 +50,7 @@ class LoadedModel:
     size_bytes: int
     on_device: bool = False
     modes: tuple[str, ...] = field(default=("txt2img", "img2img", "inpaint"))
+    views: dict[str, Any] = field(default_factory=dict, repr=False)  # by mode; see PipelineManager.view
 
     @property
     def name(self) -> str:
@@ -158,14 +159,29 @@ class PipelineManager:
         return self._hash(weights[0]) if weights else ""
 
     # -- views ------------------------------------------------------------------------------
-    def view(self, model: LoadedModel, mode: str, scheduler: Any) -> Any:
-        """A pipeline for ``mode`` sharing every module of ``model``, with its own scheduler."""
-        import diffusers
+    def view(self, model: LoadedModel, mode: str, scheduler: Any, own: bool = False) -> Any:
+        """A pipeline for ``mode`` sharing every module of ``model``, with ``scheduler``.
 
+        The view is kept with the model and handed out again with the next scheduler: building one
+        walks every module (``from_pipe`` casts the whole pipeline), 9 ms of a 64 px live frame on a
+        CPU and 20 ms of SD 2's 512 px one-step frame on a GPU. Callers that change a view's modules
+        ask for an ``own`` one. Views are used on the device thread only, one job at a time."""
         if mode not in model.modes:
             raise BadRequest(
                 f"{model.name} is an inpainting checkpoint: use it in inpaint mode, or pick a regular model for {mode}"
             )
+        # Offload hooks belong to the view that set them: each job sets them on a view of its own.
+        if own or self.settings.offload != "none":
+            return self._new_view(model, mode, scheduler)
+        pipe = model.views.get(mode)
+        if pipe is None:
+            pipe = model.views[mode] = self._new_view(model, mode, scheduler)
+        pipe.scheduler = scheduler  # diffusers' setattr records it in the view's config as well
+        return pipe
+
+    def _new_view(self, model: LoadedModel, mode: str, scheduler: Any) -> Any:
+        import diffusers
+
         views = loading.VIEW_CLASSES["sdxl" if model.family == "sdxl" else "sd"]
         # dtype passed on purpose: some from_pipe paths cast shared modules to float32 otherwise.
         pipe = getattr(diffusers, views[mode]).from_pipe(model.pipe, scheduler=scheduler, dtype=self.dtype)

@@ -43,6 +43,7 @@ from PIL import Image
 
 from .. import catalog, samplers
 from ..errors import BadRequest
+from ..loading import building_modules
 from . import kohya
 from .conditioning import PromptConditioning, conditioning_for, encode_pictures, sdxl_problems, text_encoder_parts
 from .data import DataSet, collect, folder_files, prepared, training_sizes
@@ -352,7 +353,7 @@ class _Trainer:
             scheduler = samplers.build_scheduler(
                 pipe.scheduler.config, samplers.DEFAULT_SAMPLER, samplers.DEFAULT_SCHEDULE
             )
-            self.view = engine.manager.view(model, "txt2img", scheduler)
+            self.view = engine.manager.view(model, "txt2img", scheduler, own=True)  # it gets the trained parts
             self.view.register_modules(unet=self.unet, **self.text_encoders)
         except BaseException:
             self.close()  # the flags go back however the set-up failed
@@ -366,7 +367,7 @@ class _Trainer:
         # peft's hint says int; kohya's alphas may be fractions, and peft computes with any number.
         alpha: Any = self.settings.alpha
         config = LoraConfig(r=self.settings.rank, lora_alpha=alpha, target_modules=list(targets))
-        with torch.random.fork_rng(devices=[]):  # peft's own start draws from torch's global generator
+        with building_modules(), torch.random.fork_rng(devices=[]):  # peft's start draws from the global generator
             inject_adapter_in_model(config, shadow, adapter_name=ADAPTER)
         for _, layer in _lora_layers(shadow):
             # Our own start, from the seed: kaiming-uniform down (peft's and kohya's), zero up (no change
