@@ -154,22 +154,28 @@ def set_slider(page: Any, elem_id: str, value: float) -> None:
     then), and a slider that has just been shown (an accordion opened) can still be set back to its start
     while it mounts: on a busy CPU a click straight after the typing sent the old value (CI saw Extend
     canvas get 0, twice). So the typing is repeated until the track shows it and the box still does."""
-    from playwright.sync_api import expect
-
     box = page.locator(f"#{elem_id} input[type=number]")
     track = page.locator(f"#{elem_id} input[type=range]")
     text = f"{value:g}"
-    for attempt in range(1, 4):
+
+    def holds() -> bool:
+        return bool(box.input_value() == text and track.input_value() == text)
+
+    deadline = time.monotonic() + 20
+    while True:
         box.fill(text)
         box.press("Enter")
-        expect(track).to_have_value(text, timeout=10_000)
-        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
-        page.wait_for_timeout(100 * attempt)
-        if box.input_value() == text and track.input_value() == text:
-            return
-        shown = box.input_value()
-        logging.getLogger(__name__).warning("slider %s went back to %s; typing %s again", elem_id, shown, text)
-    raise AssertionError(f"slider {elem_id} does not keep {text}: it shows {box.input_value()}")
+        for _ in range(10):  # about 2 s for the slider to take it
+            page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+            if holds():
+                page.wait_for_timeout(100)
+                if holds():
+                    return
+            page.wait_for_timeout(200)
+        shown = f"the box shows {box.input_value()!r} and the track {track.input_value()!r}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"slider {elem_id} does not take {text}: {shown}")
+        logging.getLogger(__name__).warning("slider %s: typed %s, %s; typing it again", elem_id, text, shown)
 
 
 def _drawn_extent(page: Any) -> tuple[float, float]:

@@ -118,9 +118,10 @@ def _execution_device(pipe: Any) -> torch.device:
     group-offload hooks, which Atelier never sets: milliseconds per picture on SDXL. Without
     accelerate's offload hooks, the UNet's weights are where it runs."""
     parts = ("unet", "vae", "text_encoder", "text_encoder_2")
-    if any(hasattr(getattr(pipe, part, None), "_hf_hook") for part in parts):
+    unet = getattr(pipe, "unet", None)
+    if unet is None or any(hasattr(getattr(pipe, part, None), "_hf_hook") for part in parts):
         return pipe._execution_device
-    return next(pipe.unet.parameters()).device
+    return next(unet.parameters()).device
 
 
 def encode_prompts(
