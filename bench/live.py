@@ -4,7 +4,6 @@ few-step picture's time against a 20-step one.
     python bench/live.py                    # about 90 s on a 2-core CPU (demo model, 64 px)
     python bench/live.py --model builtin:demo-live --steps 1
     python bench/live.py --no-browser       # skip the Chromium measurements
-    python bench/live.py --turbo cuda       # also an sd-turbo-architecture model at 512 px on the GPU
     OMP_NUM_THREADS=1 python bench/live.py  # on a machine others are using too (see below)
 
 Figures, per live step count (LCM, CFG 1.5 on the demo; one step without CFG on turbo/live models):
@@ -245,53 +244,6 @@ def page_figures(
     return figures
 
 
-def turbo_figures(device: str, runs: int = 10) -> dict[str, Any]:
-    """An sd-turbo-architecture model (SD 2.x configs shipped in ``pipelines/configs/sd2``, random
-    weights; named "turbo" so live mode gives it one step without CFG) at 512 px through the engine:
-    pictures per second, as live mode draws them. Random weights draw noise; the time is the same."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from pipelines import loading
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        return {"turbo_gpu": "none: skipped (no CUDA device)"}
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    folder = loading.CONFIGS_DIR / "sd2"
-    with torch.device(device):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))
-    pipe: Any = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=loading.clip_tokenizer(), unet=unet,
-        scheduler=loading.build_untrained_demo().scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )  # fmt: skip
-    pipe.to(dtype=dtype)
-    with tempfile.TemporaryDirectory(prefix="atelier-turbo-") as folder_name:
-        models = Path(folder_name)
-        pipe.save_pretrained(models / "sd-turbo-random", safe_serialization=True)
-        del pipe, unet, vae, text_encoder
-        engine = Engine(EngineSettings(models_dir=models, outputs_dir=models / "outputs", device=device))
-        request = live_request(Txt2Img(prompt="a photo of a cat", width=512, height=512, seed=SEED), 1,
-                               "sd-turbo-random")  # fmt: skip
-        engine.generate(request)  # load and warm up
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            engine.generate(request)
-            times.append(time.perf_counter() - started)
-        engine.close()
-    seconds = statistics.median(times)
-    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
-    return {
-        "turbo_device": name,
-        "turbo_512_1_step_s": round(seconds, 4),
-        "turbo_pictures_per_s": round(1 / seconds, 2),
-        "turbo_settings": {"sampler": request.sampler_name, "steps": request.steps, "cfg": request.cfg_scale},
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="builtin:demo")
@@ -300,12 +252,6 @@ def main() -> None:
     parser.add_argument("--cps", type=float, default=10.0, help="keys a second while typing")
     parser.add_argument("--typing-seconds", type=float, default=3.0)
     parser.add_argument("--no-browser", action="store_true")
-    parser.add_argument(
-        "--turbo",
-        default="",
-        metavar="DEVICE",
-        help="also time an sd-turbo-architecture model at 512 px, 1 step (cuda; cpu for a dry run)",
-    )
     args = parser.parse_args()
     browser = not args.no_browser and shutil.which("chromium") is not None
     results: dict[str, Any] = {"model": args.model, "size": SIZE, "torch_threads": torch.get_num_threads(),
@@ -337,10 +283,6 @@ def main() -> None:
         finally:
             app.close()
             engine.close()
-    if args.turbo:
-        turbo = turbo_figures(args.turbo)
-        results |= turbo
-        print(f"sd-turbo architecture, 512 px, 1 step on {args.turbo}: {turbo}")
     for steps, figures in per_steps.items():
         print(f"{steps} step(s): " + ", ".join(f"{name} {value}" for name, value in figures.items()))
     print(f"a Generate while someone types live waited {results['generate_wait_s']:.3f}s for the device")
