@@ -128,27 +128,12 @@ def gpu_full_size(steps: int = 20, runs: int = 3) -> dict[str, Any]:
     """A full-size SD1.5-architecture pipeline (shipped config, random weights) at 512x512 fp16."""
     if not torch.cuda.is_available():
         return {"gpu": "none: skipped"}
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from turbo import random_pipeline  # bench/ is on the path when a script of it runs
 
-    folder = loading.CONFIGS_DIR / "sd1"
-    with torch.device("cuda"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=loading.clip_tokenizer(),
-        unet=unet,
-        scheduler=loading.build_untrained_demo().scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(dtype=torch.float16)
+    pipe = random_pipeline("sd1", "cuda", torch.float16)
     with tempfile.TemporaryDirectory() as models:
         pipe.save_pretrained(Path(models) / "sd15-random", safe_serialization=True)
-        del pipe, unet, vae, text_encoder
+        del pipe
         torch.cuda.empty_cache()
         engine = Engine(EngineSettings(models_dir=Path(models)))
         request = Txt2Img(prompt="a photo of a cat", steps=steps, width=512, height=512, model="sd15-random")

@@ -48,7 +48,7 @@ PROMPT = "a photo of a cat on a red sofa"
 
 
 def random_pipeline(family: str, device: str, dtype: torch.dtype) -> Any:
-    """The family's shipped configs with random weights, built straight on ``device``."""
+    """The family's shipped configs (sd1, sd2, sdxl) with random weights, built straight on ``device``."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -68,7 +68,8 @@ def random_pipeline(family: str, device: str, dtype: torch.dtype) -> Any:
         )  # fmt: skip
     else:
         pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=text, tokenizer=loading.clip_tokenizer("!"), unet=unet, scheduler=scheduler,
+            vae=vae, text_encoder=text, tokenizer=loading.clip_tokenizer("!" if family == "sd2" else "<|endoftext|>"),
+            unet=unet, scheduler=scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )  # fmt: skip
     return pipe.to(dtype=dtype)
