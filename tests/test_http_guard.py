@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from conftest import WarningRecords, free_port
 from gradio_client import Client
 
 import launch
+from webui import guard
+from webui.guard import GuardPolicy, LoginBrake
 
 TIMEOUT = 60
 USER, PASSWORD = "alice", "secret-pa55"
@@ -46,7 +47,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _serve(root: Path, *extra: str) -> Server:
+def _serve(root: Path, *extra: str, brake: LoginBrake | None = None) -> Server:
+    """``brake``: the login brake to use instead of one on the real clock."""
     (root / "models").mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = launch.parse_args(
@@ -65,11 +67,32 @@ def _serve(root: Path, *extra: str) -> Server:
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(gr.Blocks, "launch", loopback_launch)
+            if brake is not None:
+                patch.setattr(guard, "build_policy", _with_brake(guard.build_policy, brake))
             app = launch.serve(args, prevent_thread_lock=True)
     finally:
         logging.getLogger("atelier").removeHandler(records)
         logging.getLogger("webui").removeHandler(records)
     return Server(app, port, root / "outputs", records.messages)
+
+
+def _with_brake(build_policy: Callable[..., GuardPolicy], brake: LoginBrake) -> Callable[..., GuardPolicy]:
+    def build(*args: Any, **kwargs: Any) -> GuardPolicy:
+        policy = build_policy(*args, **kwargs)
+        policy.brake = brake
+        return policy
+
+    return build
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told: the brake's waits stay exact however slow the machine."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +253,7 @@ def test_an_upload_over_the_cap_that_arrives_in_one_piece_is_refused_once() -> N
 
 
 def test_guesses_sent_in_parallel_get_no_more_tries_than_guesses_in_a_row() -> None:
-    from webui.guard import FREE_FAILURES, LoginBrake
+    from webui.guard import FREE_FAILURES
 
     brake = LoginBrake(clock=lambda: 1000.0)  # all at one moment, as a burst of parallel requests
     admitted = [brake.admit("203.0.113.7") == 0 for _ in range(50)]  # none answered yet
@@ -241,7 +264,8 @@ def test_guesses_sent_in_parallel_get_no_more_tries_than_guesses_in_a_row() -> N
 
 # -- 10. a brake on password guessing --------------------------------------------------------------------------
 def test_repeated_failed_logins_are_slowed_down_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    running = _serve(tmp_path, "--auth", f"{USER}:{PASSWORD}")
+    clock = ManualClock()  # a busy CI machine once let the real 1 s wait run out between two requests
+    running = _serve(tmp_path, "--auth", f"{USER}:{PASSWORD}", brake=LoginBrake(clock=clock))
     try:
         with caplog.at_level(logging.WARNING):
             with httpx.Client(base_url=running.url, timeout=TIMEOUT) as browser:
@@ -249,17 +273,22 @@ def test_repeated_failed_logins_are_slowed_down_and_logged(tmp_path: Path, caplo
                 assert [a.status_code for a in answers] == [400] * 5
                 braked = browser.post("/login", data={"username": USER, "password": PASSWORD})
                 assert braked.status_code == 429, braked.text  # even the right password waits its turn
-                wait = int(braked.headers["retry-after"])
-                assert 1 <= wait <= 2
+                assert braked.headers["retry-after"] == "1"
                 rest = httpx.get(f"{running.url}/sdapi/v1/options", auth=(USER, PASSWORD), timeout=TIMEOUT)
                 assert rest.status_code == 429  # the same address guessing through the REST API
-                time.sleep(wait + 0.2)
+                clock.now += 0.9
+                assert browser.post("/login", data={"username": USER, "password": PASSWORD}).status_code == 429
+                clock.now += 0.2
                 assert browser.post("/login", data={"username": USER, "password": PASSWORD}).status_code == 200
             rest_guesses = [
                 httpx.get(f"{running.url}/sdapi/v1/options", auth=(USER, f"no{i}"), timeout=TIMEOUT).status_code
                 for i in range(6)
             ]
             assert rest_guesses == [401] * 5 + [429]
+            clock.now += 1.1
+            assert (
+                httpx.get(f"{running.url}/sdapi/v1/options", auth=(USER, PASSWORD), timeout=TIMEOUT).status_code == 200
+            )
         failures = [r.getMessage() for r in caplog.records if "failed login" in r.getMessage()]
         assert len(failures) >= 10 and all("127.0.0.1" in message for message in failures)
         assert PASSWORD not in caplog.text
