@@ -124,9 +124,15 @@ def test_lora_tags_in_keyframes_apply_to_their_frames_and_come_off(own_engine: E
     unet = own_engine.manager.get("builtin:demo").pipe.unet
     write_peft_lora(unet, own_engine.settings.models_dir / "Lora" / "wobble.safetensors")
     tagged = "a red circle <lora:wobble:1>"
-    frames = own_engine.animate(AnimationSettings(prompts=tagged, max_frames=1, **STILL)).frames
+    clip = own_engine.animate(AnimationSettings(prompts=tagged, max_frames=1, **STILL))
+    frames = clip.frames
     asked = {"steps": 8, "sampler_name": "DDIM", "seed": 3, "width": 64, "height": 64, "cfg_scale": 7}
-    with_lora = own_engine.generate(Txt2Img(prompt=tagged, **asked)).images[0]
+    generated = own_engine.generate(Txt2Img(prompt=tagged, **asked))
+    with_lora = generated.images[0]
+    # The frame's file names the LoRA by the same hash a picture's does (A1111's readers and hubs use it).
+    lora_hashes = infotext.parse_infotext(generated.infotexts[0])["Lora hashes"]
+    assert lora_hashes.startswith("wobble: ") and len(lora_hashes) == len("wobble: ") + 12
+    assert infotext.parse_infotext(read_metadata(clip.paths[0])["parameters"])["Lora hashes"] == lora_hashes
     plain = own_engine.generate(Txt2Img(prompt="a red circle", **asked)).images[0]
     assert np.array_equal(np.asarray(frames[0]), np.asarray(with_lora))
     assert not np.array_equal(np.asarray(with_lora), np.asarray(plain)), "the LoRA changes the picture"

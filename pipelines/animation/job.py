@@ -89,7 +89,7 @@ def run(
                     made[previous], made[plan.index], since, until, between.cadence_weight, settings.border
                 )
             for index in range(len(saved), plan.index + 1):
-                text = _frame_infotext(settings, plans[index], width, height, model)
+                text = _frame_infotext(settings, plans[index], width, height, model, _used_files(engine, plans[index]))
                 fields = {"animation": settings.to_dict(), "frame": index, "seed": plans[index].seed}
                 # The frame as it may be shown (safety check, watermark); the next frame still grows from made[].
                 screened = engine.standards.screen([made[index]])
@@ -209,7 +209,18 @@ class _Painter:
         return padded
 
 
-def _frame_infotext(settings: AnimationSettings, plan: FramePlan, width: int, height: int, model: LoadedModel) -> str:
+def _used_files(engine: Engine, plan: FramePlan) -> dict[str, str]:
+    """The infotext keys Generate adds for the files a prompt uses ("TI hashes", "Lora hashes"), for
+    the keyframe prompt the frame was drawn with."""
+    used = engine.embeddings.infotext(plan.prompt, plan.negative_prompt)
+    if loras := engine.loras.resolve(lora.extract(plan.prompt)[1]):
+        used["Lora hashes"] = engine.loras.infotext_value(loras)
+    return used
+
+
+def _frame_infotext(
+    settings: AnimationSettings, plan: FramePlan, width: int, height: int, model: LoadedModel, used: dict[str, str]
+) -> str:
     """A frame's parameters in A1111's form, as an image-to-image picture with this frame's values,
     and the animation's own keys after them."""
     request = Img2Img(
@@ -217,7 +228,7 @@ def _frame_infotext(settings: AnimationSettings, plan: FramePlan, width: int, he
         schedule_type=settings.schedule_type, steps=settings.steps, cfg_scale=plan.cfg_scale,
         denoising_strength=round(plan.denoising_strength, 4),
     )  # fmt: skip
-    text = infotext.infotext(request, plan.seed, width, height, model.name, model.model_hash)
+    text = infotext.infotext(request, plan.seed, width, height, model.name, model.model_hash, extra=used)
     extra = f", Frame: {plan.index}, Frames: {settings.max_frames}, FPS: {settings.fps:g}"
     if plan.prompt_weight:
         extra += f", Prompt travel: {plan.prompt_weight:.3f}"
