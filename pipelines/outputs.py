@@ -233,10 +233,7 @@ def _unchanged(data: bytes) -> bytes:
 
 def _write_image(file: Any, image: Image.Image, image_format: str, infotext: str, fields: dict[str, Any]) -> None:
     if image_format == "png":
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", infotext)
-        info.add_text("atelier", json.dumps(fields, ensure_ascii=False, default=str))
-        write_png(file, image, info)
+        write_png(file, image, infotext, fields)
         return
     exif = Image.Exif()
     # A1111 and its readers keep the infotext in EXIF UserComment, UTF-16 with a "UNICODE" header.
@@ -245,12 +242,34 @@ def _write_image(file: Any, image: Image.Image, image_format: str, infotext: str
 
 
 def write_png(
-    file: Any, image: Image.Image, info: PngImagePlugin.PngInfo | None = None, compress_level: int = 6
+    file: Any, image: Image.Image, infotext: str = "", fields: dict[str, Any] | None = None, compress_level: int = 6
 ) -> None:
-    """PIL keeps a save's options on the picture while it writes (``encoderinfo``), and options left
+    """The picture as a PNG with A1111's infotext (``parameters``, when there is one) and Atelier's
+    request fields (``atelier``, when given).
+
+    PIL keeps a save's options on the picture while it writes (``encoderinfo``), and options left
     there by another thread's save of the same picture win over this one's: a live frame kept while
     the page encoded it was written without its infotext. So every save writes from its own copy."""
+    info = PngImagePlugin.PngInfo()
+    if infotext:
+        info.add_text("parameters", infotext)
+    if fields is not None:
+        info.add_text("atelier", json.dumps(fields, ensure_ascii=False, default=str))
     image.copy().save(file, format="PNG", pnginfo=info, compress_level=compress_level)
+
+
+def png_bytes(
+    image: Image.Image,
+    infotext: str = "",
+    fields: dict[str, Any] | None = None,
+    finish: Finish | None = None,
+    compress_level: int = 6,
+) -> bytes:
+    """``write_png``'s file in memory, through ``finish`` when given (the engine's ``finish`` adds
+    the marks every file leaving the server carries)."""
+    buffer = io.BytesIO()
+    write_png(buffer, image, infotext, fields, compress_level)
+    return finish(buffer.getvalue()) if finish is not None else buffer.getvalue()
 
 
 def first_frame(clip: Path) -> Path | None:

@@ -21,12 +21,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from pipelines import infotext, samplers
 from pipelines.engine import Engine, Job, Result
 from pipelines.errors import AtelierError, BadRequest, QueueFull
-from pipelines.outputs import UNREADABLE, Finish, image_metadata, write_png
+from pipelines.outputs import UNREADABLE, Finish, image_metadata, png_bytes
 from pipelines.requests import MASKED_CONTENT, RESIZE_MODES, Img2Img, Inpaint, Txt2Img
 from pipelines.xyz.job import from_a1111_script, submit_plot
 from presets.store import PresetError, PresetLibrary
@@ -109,14 +109,7 @@ def encode_png(
 ) -> str:
     """A base64 PNG carrying A1111's infotext and, like saved files, Atelier's full request; ``finish``
     (the engine's ``outputs.finish``) adds the marks every file leaving the server carries."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", text)
-    if fields is not None:
-        info.add_text("atelier", json.dumps(fields, ensure_ascii=False, default=str))
-    buffer = io.BytesIO()
-    write_png(buffer, image, info)
-    data = buffer.getvalue()
-    return base64.b64encode(finish(data) if finish is not None else data).decode()
+    return base64.b64encode(png_bytes(image, text, fields, finish)).decode()
 
 
 def _number(payload: dict[str, Any], name: str, kind: Callable[[Any], Any], default: Any) -> Any:

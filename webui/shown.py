@@ -9,25 +9,14 @@ file has: the engine's ``outputs.finish`` (the AI-source XMP, and the C2PA manif
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from gradio import processing_utils
 from gradio.utils import get_upload_folder
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
-from pipelines.outputs import Finish, write_png
-
-
-def marked_png(image: Image.Image, finish: Finish, infotext: str = "", *, compress_level: int = 6) -> bytes:
-    """The picture as a PNG with the marks; ``infotext`` (A1111's parameters) when it has one."""
-    info = PngImagePlugin.PngInfo()
-    if infotext:
-        info.add_text("parameters", infotext)
-    buffer = io.BytesIO()
-    write_png(buffer, image, info, compress_level)
-    return finish(buffer.getvalue())
+from pipelines.outputs import Finish, png_bytes
 
 
 def shown_file(
@@ -35,13 +24,13 @@ def shown_file(
 ) -> str:
     """A marked PNG in Gradio's upload folder, which Gradio hands out as it is (a picture object it
     would encode itself, without the marks)."""
-    data = marked_png(image, finish, infotext, compress_level=compress_level)
+    data = png_bytes(image, infotext, finish=finish, compress_level=compress_level)
     return processing_utils.save_bytes_to_cache(data, f"{name}.png", get_upload_folder())
 
 
 def data_url(image: Image.Image, finish: Finish, *, compress_level: int = 6) -> str:
     """An inline picture for the page's own HTML, marked like a file."""
-    data = marked_png(image, finish, compress_level=compress_level)
+    data = png_bytes(image, finish=finish, compress_level=compress_level)
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
