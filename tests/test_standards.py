@@ -294,6 +294,34 @@ def test_a_flagged_picture_is_blurred_everywhere_and_required_stays_on(guarded: 
     assert np.array_equal(on_disk, np.asarray(sent))  # the file is the blurred one too, never the original
 
 
+def test_the_gradio_endpoints_take_the_callers_wish_unless_the_server_requires_the_check(
+    guarded: tuple[str, Path], tmp_path: Path
+) -> None:
+    def red_over_gradio(url: str, **wish: bool) -> tuple[Image.Image, list[str]]:
+        client = Client(url, verbose=False)
+        try:
+            answer = client.predict(prompt="a red circle", save=False, **FAST, **wish, api_name="/txt2img")
+        finally:
+            client.close()
+        return Image.open(io.BytesIO(_b64(answer["images"][0]))).convert("RGB"), answer["notes"]
+
+    required, notes = red_over_gradio(guarded[0], safety_check=False)
+    assert scenes.analyse(required).colour != "red", notes  # blurred all the same
+    assert any("required" in note for note in notes), notes
+
+    build_checker(tmp_path / "models" / "safety-checker", RED)
+    app, url = serve_studio(tmp_path, "--safety-check", "on")
+    try:
+        checked, checked_notes = red_over_gradio(url)  # no wish: the server's setting
+        unchecked, unchecked_notes = red_over_gradio(url, safety_check=False)
+    finally:
+        app.close()
+    assert scenes.analyse(checked).colour != "red"
+    assert any("flagged this picture: it is blurred" in note for note in checked_notes), checked_notes
+    assert scenes.analyse(unchecked).colour == "red", unchecked_notes
+    assert not any("flagged" in note for note in unchecked_notes), unchecked_notes
+
+
 def test_the_page_can_reveal_a_flagged_picture_to_its_maker(tmp_path: Path) -> None:
     build_checker(tmp_path / "models" / "safety-checker", RED)
     settings = EngineSettings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "outputs", safety_check="on")

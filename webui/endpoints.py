@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.engine import Engine
+from pipelines.engine import Engine, Job
 from pipelines.errors import AtelierError
 from pipelines.requests import Img2Img, Inpaint, Txt2Img
 from presets.store import PresetError, PresetLibrary
@@ -25,7 +25,7 @@ GPU_WAITERS = 16
 
 
 def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
-    def run(request: Txt2Img, styles: list[str] | None, save: bool) -> dict[str, Any]:
+    def run(request: Txt2Img, styles: list[str] | None, save: bool, safety_check: bool | None) -> dict[str, Any]:
         try:
             known = {style.name for style in library.styles()}
             chosen = list(styles or [])
@@ -35,7 +35,7 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
                 [s for s in chosen if s in known],
                 [s for s in chosen if s not in known],
             )
-            result = engine.generate(request, save=save)
+            result = engine.generate(request, Job(safety_check=safety_check), save=save)
         except (AtelierError, PresetError) as exc:
             raise gr.Error(str(exc)) from exc
         return {
@@ -52,6 +52,7 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         reference_image: str = "", reference_mode: str = "auto", reference_strength: float = 1.0,
         subseed: int = -1, subseed_strength: float = 0.0, enable_hr: bool = False, hr_scale: float = 2.0,
         hr_upscaler: str = "Latent", hr_second_pass_steps: int = 0, denoising_strength: float = 0.7,
+        safety_check: bool | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Text to image. width/height 0 = the model's native size; seed -1 = random; styles are style or
         negative-preset names; save=True also stores the images in the gallery. reference_image is an
@@ -59,7 +60,8 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         reference-adain+attn or ip-adapter; reference_strength 0-2); the prompt may also name one with
         {image:NAME}. subseed/subseed_strength: a variation seed blended in (0-1). enable_hr: the hires fix,
         upscaling hr_scale times with hr_upscaler, then redrawing at denoising_strength in
-        hr_second_pass_steps steps (0: as many as the first pass)."""
+        hr_second_pass_steps steps (0: as many as the first pass). safety_check: true/false asks for the
+        safety check or not (None: the server's setting; a server that requires it keeps it on)."""
         request = Txt2Img(
             prompt=prompt, negative_prompt=negative_prompt, model=model, sampler_name=sampler_name,
             schedule_type=schedule_type, steps=int(steps), cfg_scale=float(cfg_scale), width=int(width),
@@ -69,7 +71,7 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
             hr_scale=float(hr_scale), hr_upscaler=hr_upscaler, hr_second_pass_steps=int(hr_second_pass_steps),
             denoising_strength=float(denoising_strength),
         )  # fmt: skip
-        return run(request, styles, save)
+        return run(request, styles, save, safety_check)
 
     def img2img(
         init_image: str, prompt: str = "", negative_prompt: str = "", denoising_strength: float = 0.75,
@@ -77,9 +79,10 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         width: int = 0, height: int = 0, seed: int = -1, resize_mode: str = "just resize", model: str = "",
         styles: list[str] | None = None, save: bool = True, reference_image: str = "", reference_mode: str = "auto",
         reference_strength: float = 1.0, subseed: int = -1, subseed_strength: float = 0.0,
+        safety_check: bool | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Image to image. init_image is a base64 PNG/JPEG; width/height 0 = the picture's size;
-        reference_image/mode/strength and subseed/subseed_strength as in /txt2img."""
+        reference_image/mode/strength, subseed/subseed_strength and safety_check as in /txt2img."""
         request = Img2Img(
             prompt=prompt, negative_prompt=negative_prompt, model=model, sampler_name=sampler_name,
             schedule_type=schedule_type, steps=int(steps), cfg_scale=float(cfg_scale), width=int(width),
@@ -88,7 +91,7 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
             **_reference(reference_image, reference_mode, reference_strength),
             subseed=int(subseed), subseed_strength=float(subseed_strength),
         )  # fmt: skip
-        return run(request, styles, save)
+        return run(request, styles, save, safety_check)
 
     def inpaint(
         init_image: str, mask: str, prompt: str = "", negative_prompt: str = "", denoising_strength: float = 0.75,
@@ -96,9 +99,10 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
         invert_mask: bool = False, steps: int = 20, cfg_scale: float = 7.0, sampler_name: str = "DPM++ 2M",
         seed: int = -1, model: str = "", styles: list[str] | None = None, save: bool = True,
         reference_image: str = "", reference_mode: str = "auto", reference_strength: float = 1.0,
+        safety_check: bool | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Inpaint: mask is a base64 image, white = redraw. Pixels outside the (blurred) mask are kept;
-        reference_image/mode/strength as in /txt2img."""
+        reference_image/mode/strength and safety_check as in /txt2img."""
         request = Inpaint(
             prompt=prompt, negative_prompt=negative_prompt, model=model, sampler_name=sampler_name, steps=int(steps),
             cfg_scale=float(cfg_scale), seed=int(seed), init_image=_picture(init_image, "init_image"),
@@ -107,7 +111,7 @@ def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
             masked_content=masked_content, invert_mask=bool(invert_mask),
             **_reference(reference_image, reference_mode, reference_strength),
         )  # fmt: skip
-        return run(request, styles, save)
+        return run(request, styles, save, safety_check)
 
     for function in (txt2img, img2img, inpaint):
         gr.api(function, api_name=function.__name__, concurrency_limit=GPU_WAITERS, concurrency_id="gpu")
