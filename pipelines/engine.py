@@ -525,10 +525,14 @@ class Engine:
         counted[:] = [counted[0] + request.steps, max(1, plan.steps)]
         scheduler = samplers.build_scheduler(model.pipe.scheduler.config, request.sampler_name, request.schedule_type)
         view = self.manager.view(model, "img2img", scheduler)
-        # The IP-Adapter's image belonged to the first pass: its weights are gone from the model now.
+        # The first pass's reference came off with its call: it is installed again at the final size.
         second = {name: value for name, value in kwargs.items() if name != "ip_adapter_image"}
+        second |= {"width": plan.width, "height": plan.height}
         seeds, subseeds = noise_seeds
-        with seeds_noise.varied(view, True, seeds, subseeds, request.subseed_strength, (0, 0), second):
+        with (
+            reference_job.guided(view, model.family, request, second, self.settings.models_dir, plan.steps),
+            seeds_noise.varied(view, True, seeds, subseeds, request.subseed_strength, (0, 0), second),
+        ):
             return hires.second_pass(view, first, plan, self.upscalers, **second)
 
     def interrupt(self, job_id: str | None = None) -> bool:

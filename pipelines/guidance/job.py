@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..outputs import OutputStore
-from ..requests import Request
+from ..requests import Img2Img, Request
 from . import ip_adapter
 from .links import UrlPolicy
 from .reference import Reference, reference_installed
@@ -50,9 +50,13 @@ def best_mode(family: str, models_dir: Path) -> str:
 
 
 @contextmanager
-def guided(pipe: Any, family: str, request: Request, call: dict[str, Any], models_dir: Path) -> Iterator[None]:
+def guided(
+    pipe: Any, family: str, request: Request, call: dict[str, Any], models_dir: Path, steps: int | None = None
+) -> Iterator[None]:
     """Guide the pipeline calls made in the block by the request's reference; ``call`` (the pipeline's
-    keyword arguments) gains what an IP-Adapter needs. Without a reference nothing is touched."""
+    keyword arguments, with the size drawn) gains what an IP-Adapter needs. ``steps``: the denoising
+    steps the call runs, when not the request's own (the hires fix's second pass). Without a reference
+    nothing is touched."""
     if request.reference_image is None:
         yield
         return
@@ -78,12 +82,12 @@ def guided(pipe: Any, family: str, request: Request, call: dict[str, Any], model
         width=call["width"],
         height=call["height"],
         do_classifier_free_guidance=request.cfg_scale > 1,
-        total_steps=max(1, _steps(request)),
+        total_steps=max(1, _steps(request) if steps is None else steps),
     ):
         yield
 
 
 def _steps(request: Request) -> int:
-    """The denoising steps the pipeline runs: image-to-image skips the first (1 - strength) share."""
-    strength = getattr(request, "denoising_strength", 1.0)
-    return int(request.steps * strength)
+    """The denoising steps the pipeline runs: image-to-image skips the first (1 - strength) share (a
+    text-to-image request's strength is its hires pass's, not this call's)."""
+    return int(request.steps * request.denoising_strength) if isinstance(request, Img2Img) else request.steps
