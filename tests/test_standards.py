@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from conftest import serve_studio
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 from PIL import Image
 from tiny_safety import build_checker
 
@@ -305,6 +306,8 @@ def test_the_gradio_endpoints_take_the_callers_wish_unless_the_server_requires_t
             client.close()
         return Image.open(io.BytesIO(_b64(answer["images"][0]))).convert("RGB"), answer["notes"]
 
+    with pytest.raises(AppError, match="safety_check must be true, false or null, got 'no'"):
+        red_over_gradio(guarded[0], safety_check="no")  # type: ignore[arg-type]
     required, notes = red_over_gradio(guarded[0], safety_check=False)
     assert scenes.analyse(required).colour != "red", notes  # blurred all the same
     assert any("required" in note for note in notes), notes

@@ -26,6 +26,8 @@ GPU_WAITERS = 16
 
 def register_generation_api(engine: Engine, library: PresetLibrary) -> None:
     def run(request: Txt2Img, styles: list[str] | None, save: bool, safety_check: bool | None) -> dict[str, Any]:
+        if safety_check is not None and not isinstance(safety_check, bool):
+            raise gr.Error(f"safety_check must be true, false or null, got {safety_check!r}")
         try:
             known = {style.name for style in library.styles()}
             chosen = list(styles or [])
