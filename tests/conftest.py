@@ -156,26 +156,45 @@ def set_slider(page: Any, elem_id: str, value: float) -> None:
     canvas get 0, twice). So the typing is repeated until the track shows it and the box still does."""
     box = page.locator(f"#{elem_id} input[type=number]")
     track = page.locator(f"#{elem_id} input[type=range]")
-    text = f"{value:g}"
+    _type_until_held(page, f"slider {elem_id}", box, [box, track], f"{value:g}")
+
+
+def set_number(page: Any, elem_id: str, value: float) -> None:
+    """Types ``value`` into a number box and waits until it keeps it: a box shown just before (a tab or
+    an accordion opened) is set back to its start value while it mounts; a sample interval typed
+    straight after the click was lost 1 time in 6 on a busy CPU."""
+    box = page.locator(f"#{elem_id} input")
+    _type_until_held(page, f"number box {elem_id}", box, [box], f"{value:g}")
+
+
+def set_text(page: Any, elem_id: str, text: str) -> None:
+    """Types ``text`` into a text box and waits until it keeps it (see ``set_number``)."""
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    _type_until_held(page, f"text box {elem_id}", box, [box], text, enter=False)
+
+
+def _type_until_held(page: Any, what: str, box: Any, shows: list[Any], text: str, *, enter: bool = True) -> None:
+    """Type ``text`` into ``box`` until every one of ``shows`` holds it, twice 300 ms apart (20 s at most)."""
 
     def holds() -> bool:
-        return bool(box.input_value() == text and track.input_value() == text)
+        return all(shown.input_value() == text for shown in shows)
 
     deadline = time.monotonic() + 20
     while True:
         box.fill(text)
-        box.press("Enter")
-        for _ in range(10):  # about 2 s for the slider to take it
+        if enter:
+            box.press("Enter")
+        for _ in range(10):  # about 2 s for the widget to take it
             page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
             if holds():
-                page.wait_for_timeout(100)
+                page.wait_for_timeout(300)
                 if holds():
                     return
             page.wait_for_timeout(200)
-        shown = f"the box shows {box.input_value()!r} and the track {track.input_value()!r}"
+        seen = ", ".join(repr(shown.input_value()) for shown in shows)
         if time.monotonic() > deadline:
-            raise AssertionError(f"slider {elem_id} does not take {text}: {shown}")
-        logging.getLogger(__name__).warning("slider %s: typed %s, %s; typing it again", elem_id, text, shown)
+            raise AssertionError(f"{what} does not take {text!r}: it shows {seen}")
+        logging.getLogger(__name__).warning("%s: typed %r, it shows %s; typing it again", what, text, seen)
 
 
 def _drawn_extent(page: Any) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ARTIFACTS, set_slider
+from conftest import ARTIFACTS, set_number, set_slider, set_text
 from PIL import Image, ImageDraw
 
 pytestmark = pytest.mark.browser
@@ -69,9 +69,9 @@ def test_a_gallery_picture_can_be_sent_to_the_reference(page: Any) -> None:
 
 def test_the_animation_tab_makes_a_clip_that_plays(page: Any) -> None:
     page.get_by_role("tab", name="Animation").click()
-    page.locator("#animate-frames input").fill("3")
+    set_number(page, "animate-frames", 3)
     set_slider(page, "animate-steps", 4)
-    page.locator("#animate-zoom textarea, #animate-zoom input").first.fill("0: (1.0), 2: (1.05+0.01*sin(t))")
+    set_text(page, "animate-zoom", "0: (1.0), 2: (1.05+0.01*sin(t))")
     page.locator("#animate-generate").click()
     page.locator("#animate-status").get_by_text("Done: 3 frames").wait_for(timeout=120_000)
     video = page.locator("#animate-clip video")

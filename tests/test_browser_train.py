@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import serve_studio, shot
+from conftest import serve_studio, set_number, shot
 from PIL import Image
 
 from pipelines import scenes
@@ -60,10 +60,10 @@ def test_upload_train_and_watch_the_loss_and_the_samples(
         page.locator("#train-name textarea").fill("browser orange")
         page.locator("#train-name textarea").press("Tab")
         page.locator("#train-size").get_by_text("Predicted file size").wait_for(timeout=10_000)
-        page.locator("#train-steps input").fill("6")
-        page.locator("#train-seed input").fill("4")
+        set_number(page, "train-steps", 6)
+        set_number(page, "train-seed", 4)
         page.get_by_text("Sample pictures while training").click()
-        page.locator("#train-sample-every input").fill("3")
+        set_number(page, "train-sample-every", 3)
         page.locator("#train-start").click()
         page.locator("#train-status").get_by_text("Done: 6/6 steps").wait_for(timeout=120_000)
         shot(page, "train-01-done")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, set_text
 from PIL import Image
 
 RESULTS = "#txt2img-results img[src*='gradio_api/file=']"
@@ -31,8 +31,8 @@ def test_seed_by_steps_plot_shows_its_grid_then_its_cells(browser: Any, studio_u
         page.get_by_label("Prompt", exact=True).first.fill("a yellow triangle")
         page.locator("#xyz-plot").get_by_text("X/Y/Z plot").first.click()
         # X is Seed and Y is Steps unless changed: only their values need typing
-        page.locator("#xyz-x-values textarea, #xyz-x-values input").first.fill("3, 4")
-        page.locator("#xyz-y-values textarea, #xyz-y-values input").first.fill("1, 2")
+        set_text(page, "xyz-x-values", "3, 4")
+        set_text(page, "xyz-y-values", "1, 2")
         page.locator("#xyz-run").click()
         page.locator("#txt2img-status").get_by_text("Done: X/Y/Z plot of 4 cells").wait_for(timeout=90_000)
         ARTIFACTS.mkdir(exist_ok=True)
